@@ -1,0 +1,190 @@
+"""The ``smallvit`` command line: train, evaluate, export, and manage recipes and datasets.
+
+Every user error is a :class:`~smallvit.errors.SmallViTError` and is printed as one line (``--debug`` shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from smallvit.errors import SmallViTError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Train Vision Transformers from scratch on small image datasets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live progress bar.")]
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders are created.")]
+
+
+def _print_summary(summaries: list[dict]) -> None:
+    table = Table(title="smallvit run summary", show_lines=False)
+    for column in ("stage", "epochs", "best", "final top-1", "wall-clock", "img/s", "run folder"):
+        table.add_column(column)
+    for s in summaries:
+        final = s.get("final", {})
+        top1 = final.get("eval/supervised/acc1", final.get("eval/knn/acc1"))
+        best = s.get("best", {})
+        best_text = f"{best.get('metric')} = {best['value']:.4f} (epoch {best.get('epoch')})" if best.get("value") is not None else "-"
+        table.add_row(
+            s.get("name", "?"),
+            str(s.get("epochs")),
+            best_text,
+            f"{top1:.4f}" if top1 is not None else "-",
+            f"{s.get('wall_clock_s', 0):.0f} s",
+            f"{s.get('images_per_s') or 0:.0f}",
+            s.get("run_dir", ""),
+        )
+    console.print(table)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+    epilog="Examples:\n\n  smallvit train quickstart\n\n  smallvit train supervised-cifar10 epochs=50 data.subset.per_class=204"
+    "\n\n  smallvit train --resume runs/quickstart-20261125-120000",
+)
+def train(
+    recipe: Annotated[str | None, typer.Argument(help="Recipe name (see `smallvit recipes`) or a .yaml path.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.epochs=5")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name (default: <recipe>-<timestamp>).")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a recipe; with --resume, continue an interrupted run."""
+    from smallvit.config import load_recipe
+    from smallvit.engine.runner import new_run_dir, resume_run, run_recipe
+
+    if resume is not None:
+        if recipe or overrides:
+            raise SmallViTError("--resume continues a run with its saved config: drop the recipe and overrides")
+        _print_summary(resume_run(resume, quiet=quiet, console=console))
+        return
+    if recipe is None:
+        raise SmallViTError("no recipe given: run `smallvit recipes` to list them, e.g. `smallvit train quickstart`")
+    loaded = load_recipe(recipe, overrides or [])
+    run_dir = new_run_dir(runs_dir, loaded.name, name)
+    console.print(f"[bold]{loaded.name}[/bold] → {run_dir}")
+    try:
+        summaries = run_recipe(loaded, run_dir, quiet=quiet, console=console)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: continue with `smallvit train --resume {run_dir}`")
+        raise typer.Exit(130) from None
+    _print_summary(summaries)
+
+
+class _EvalGroup(TyperGroup):
+    """``smallvit eval RUN`` means ``smallvit eval classify RUN``; ``knn`` and ``linear`` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["classify", *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(cls=_EvalGroup, help="Evaluate a run: top-1/top-5 (default), kNN or linear probe.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("classify", epilog="Example:\n\n  smallvit eval runs/quickstart-20261125-120000 --split test")
+def eval_classify(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's eval split).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Top-1, top-5 and loss of a trained run on a split."""
+    from smallvit.eval.classify import evaluate_run
+
+    metrics = evaluate_run(run, split=split, checkpoint=checkpoint)
+    for key, value in metrics.items():
+        console.print(f"{key}: {value:.4f}")
+
+
+@app.command(epilog="Example:\n\n  smallvit export runs/quickstart-20261125-120000 --output exported/")
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    output: Annotated[Path, typer.Option(help="Folder for model.safetensors and config.json.")],
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Write timm-loadable weights (model.safetensors + config.json) of a run's backbone and classifier."""
+    from smallvit.eval.classify import export_run
+
+    path = export_run(run, output, checkpoint=checkpoint)
+    console.print(f"wrote {path} and {path.parent / 'config.json'}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes with one-line descriptions."""
+    from smallvit.config import available_recipes
+
+    table = Table("recipe", "description")
+    for name, description in available_recipes().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@app.command()
+def datasets(root: Annotated[Path | None, typer.Option(help="Data root (default: $SMALLVIT_DATA).")] = None) -> None:
+    """List the supported datasets and whether each is prepared."""
+    from smallvit.data import DATASETS
+
+    table = Table("dataset", "splits", "classes", "size / patch", "prepared")
+    for name, info in DATASETS.items():
+        table.add_row(
+            name,
+            ", ".join(info.splits),
+            str(info.num_classes),
+            f"{info.default_image_size} px / {info.default_patch_size}",
+            "yes" if info.is_prepared(root) else "no",
+        )
+    console.print(table)
+
+
+@app.command(
+    epilog="Examples:\n\n  smallvit prepare cifar10-jpeg --source ../shared/data/cifar10-jpeg.tar.gz"
+    "\n\n  smallvit prepare cifar10 --download",
+)
+def prepare(
+    dataset: Annotated[str, typer.Argument(help="Dataset name (see `smallvit datasets`).")],
+    source: Annotated[Path | None, typer.Option(help="Local archive or folder to prepare from.")] = None,
+    download: Annotated[bool, typer.Option(help="Download from the dataset's official URL.")] = False,
+    root: Annotated[Path | None, typer.Option(help="Data root (default: $SMALLVIT_DATA).")] = None,
+) -> None:
+    """Prepare a dataset from a local archive/folder or by downloading it."""
+    from smallvit.data import prepare_dataset
+
+    path = prepare_dataset(dataset, source=source, root=root, download=download)
+    console.print(f"prepared {dataset} in {path}")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except SmallViTError as err:
+        if debug:
+            raise
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Recipes: validated YAML run configurations, with ``key.sub=value`` overrides.
+
+A recipe file in ``smallvit/recipes/`` (or any path) is either one stage (a :class:`RunConfig`) or a list of
+stage recipes run in sequence (``stages: [relvit-pretrain, relvit-finetune]``). ``base: other-recipe``
+inherits another recipe and deep-merges this file's keys over it, so ablation rows state only what differs.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from smallvit.data.pipeline import ViewSpec
+from smallvit.errors import ConfigError
+from smallvit.objectives import ObjectiveConfig, parse_objective_config
+
+# Short names for the overrides users type most.
+ALIASES = {
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "seed": "train.seed",
+    "dataset": "data.dataset",
+    "device": "train.device",
+    "precision": "train.precision",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubsetConfig(Strict):
+    """A deterministic, stratified subset: ``per_class`` images of each class, or ``total`` images."""
+
+    per_class: int | None = Field(None, gt=0)
+    total: int | None = Field(None, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.per_class is None) == (self.total is None):
+            raise ValueError("give exactly one of per_class or total")
+        return self
+
+
+class DataConfig(Strict):
+    dataset: str = "cifar10-sample"
+    root: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int | None = Field(None, gt=0, description="storage and training resolution; None: dataset default")
+    in_chans: Literal[1, 3] = 3
+    subset: SubsetConfig | None = None
+    eval_subset: SubsetConfig | None = None
+
+
+class ModelConfig(Strict):
+    preset: str = "vit_lite"
+    patch_size: int | None = Field(None, gt=0, description="None: the dataset's default patch size")
+    img_size: int | None = Field(None, gt=0, description="backbone input size; None: data.image_size")
+    pos_embed: bool = True
+    cls_token: bool = True
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    overrides: dict[str, Any] = {}
+    init_from: str | None = Field(None, description="run folder or .safetensors to start from; 'previous' stage")
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(10, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+    clip_grad: float | None = Field(None, gt=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(128, gt=0)
+    accumulation: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    precision: Literal["fp32", "bf16"] = "bf16"
+    compile: bool = False
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    eval_every: int = Field(1, ge=0, description="epochs between evaluations; 0: only at the end")
+    knn_every: int = Field(0, ge=0, description="epochs between online kNN evaluations; 0: off")
+    log_every: int = Field(10, gt=0, description="optimizer steps between metric log lines")
+    best_metric: str = "eval/supervised/acc1"
+    best_mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    device: str = "auto"
+
+
+class RunConfig(Strict):
+    """One training stage: data → model → objectives → engine."""
+
+    name: str = "run"
+    description: str = ""
+    data: DataConfig = DataConfig()
+    augment: dict[str, ViewSpec] = {"main": ViewSpec(ops=[{"op": "random_crop", "padding": 4}, {"op": "hflip"}])}
+    model: ModelConfig = ModelConfig()
+    objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [parse_objective_config({"name": "supervised"})])
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objectives_by_name(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("objectives"), list):
+            data = dict(data)
+            data["objectives"] = [
+                spec if isinstance(spec, ObjectiveConfig) else parse_objective_config(spec, f"objectives.{i}")
+                for i, spec in enumerate(data["objectives"])
+            ]
+        return data
+
+    @model_validator(mode="after")
+    def _views_exist(self):
+        for objective in self.objectives:
+            missing = [v for v in objective.views if v not in self.augment]
+            if missing:
+                raise ValueError(
+                    f"objective '{objective.name}' reads view(s) {missing} that augment does not define "
+                    f"(defined: {sorted(self.augment)})"
+                )
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class Recipe(BaseModel):
+    """A loaded recipe: its stages in order (one for most recipes) and its description."""
+
+    name: str
+    description: str
+    stages: list[RunConfig]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("smallvit") / "recipes"))
+
+
+def available_recipes() -> dict[str, str]:
+    """Recipe name → one-line description, for every YAML shipped in ``smallvit/recipes``."""
+    out = {}
+    for path in sorted(recipe_dir().glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        out[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
+    return out
+
+
+def _recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"recipe file '{name_or_path}' does not exist: check the path")
+        return path
+    shipped = recipe_dir() / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        known = ", ".join(available_recipes())
+        raise ConfigError(f"unknown recipe '{name_or_path}': choose one of {known}, or give a path to a .yaml file")
+    return shipped
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
+    """A recipe's YAML as a dict, with ``base:`` inheritance resolved."""
+    path = _recipe_path(name_or_path)
+    if path in _seen:
+        raise ConfigError(f"recipe '{name_or_path}' inherits itself through 'base': break the cycle")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe '{path}' must be a YAML mapping of keys to values")
+    raw.setdefault("name", path.stem)
+    base = raw.pop("base", None)
+    if base:
+        parent = load_raw(base, _seen + (path,))
+        parent.pop("description", None)
+        raw = _deep_merge(parent, raw)
+        raw["name"] = path.stem
+    return raw
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
+    """``["train.epochs=5", "dataset=svhn"]`` → ``[(["train", "epochs"], 5), (["data", "dataset"], "svhn")]``."""
+    parsed = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{pair}' is not key=value: write e.g. train.epochs=5")
+        key = ALIASES.get(key, key)
+        parsed.append((key.split("."), yaml.safe_load(value) if value else None))
+    return parsed
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[list[str], Any]]) -> dict:
+    """Set each dotted key in a copy of ``raw``; list items are addressed by index (``objectives.1.weight``)."""
+    raw = _deep_merge(raw, {})
+    for keys, value in overrides:
+        node = raw
+        for i, key in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"override '{'.'.join(keys)}': '{key}' is not an index below {len(node)}")
+                key = int(key)
+            elif not isinstance(node.get(key), (dict, list)):
+                node[key] = {}
+            node[key] = _deep_merge(node[key], {}) if isinstance(node[key], dict) else list(node[key])
+            node = node[key]
+        last = keys[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override '{'.'.join(keys)}': '{last}' is not an index below {len(node)}")
+            last = int(last)
+        node[last] = value
+    return raw
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names accepted at ``loc`` inside ``model`` (for 'unknown key' messages)."""
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def validate_run(raw: dict, where: str) -> RunConfig:
+    """Validate one stage's dict, turning pydantic's report into one line naming the key, value and fix."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        key = ".".join(str(p) for p in loc)
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(RunConfig, loc[:-1]))
+            raise ConfigError(f"{where}: unknown key '{key}' (allowed here: {allowed})") from None
+        value = first.get("input")
+        shown = f"={value!r}" if not isinstance(value, dict) else ""
+        raise ConfigError(f"{where}: {key}{shown}: {first['msg']}") from None
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load, inherit, override and validate a recipe. Overrides apply to every stage."""
+    parsed = parse_overrides(overrides or [])
+    raw = load_raw(name_or_path)
+    if "stages" in raw:
+        extra = set(raw) - {"stages", "name", "description"}
+        if extra:
+            raise ConfigError(f"recipe '{raw['name']}' has stages and also {sorted(extra)}: put those in the stages")
+        stage_raws = [load_raw(stage) for stage in raw["stages"]]
+    else:
+        stage_raws = [raw]
+    stages = [
+        validate_run(apply_overrides(stage, parsed), f"recipe '{stage.get('name', raw['name'])}'")
+        for stage in stage_raws
+    ]
+    description = str(raw.get("description", "")).strip()
+    return Recipe(name=raw["name"], description=description, stages=stages)

@@ -1,0 +1,202 @@
+"""Everything a stage is built from: data, backbone, objectives and augmentation, from one :class:`RunConfig`.
+
+Training, evaluation and export all build through :func:`build_experiment`, so a run folder's ``config.yaml``
+always rebuilds exactly the model that was trained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from smallvit.config import RunConfig
+from smallvit.data import get_dataset_info, load_dataset, stratified_subset
+from smallvit.data.pipeline import Augmentation, build_augmentation, eval_augmentation
+from smallvit.engine.checkpoint import load_checkpoint
+from smallvit.errors import ConfigError, SmallViTError
+from smallvit.models import LoadReport, ViTBackbone, build_backbone, load_backbone_weights
+from smallvit.objectives import Objective, ObjectiveSetup, StepContext, build_objective
+from smallvit.objectives.base import OBJECTIVES
+
+
+class TrainModel(nn.Module):
+    """The backbone and the objectives' heads: one module for the optimizer, checkpoints and DDP."""
+
+    def __init__(self, backbone: ViTBackbone, objectives: list[Objective]):
+        super().__init__()
+        self.backbone = backbone
+        self.objectives = nn.ModuleList(objectives)
+        names = [o.config.name for o in objectives]
+        self.keys = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+
+    def forward(self, batch, weights: list[float], training: bool = True, epoch: int = 0):
+        """Weighted sum of the objectives' losses, and every objective's metrics under ``<objective>/``."""
+        ctx = StepContext(batch, self.backbone, training=training, epoch=epoch)
+        total, metrics = None, {}
+        for key, objective, weight in zip(self.keys, self.objectives, weights):
+            out = objective(ctx)
+            metrics.update({f"{key}/{name}": value for name, value in out.metrics.items()})
+            if out.loss is None:
+                continue
+            metrics[f"{key}/loss"] = out.loss.detach()
+            total = weight * out.loss if total is None else total + weight * out.loss
+        return total, metrics
+
+    def classifier_state(self) -> dict[str, Tensor] | None:
+        for objective in self.objectives:
+            if (state := objective.classifier_state()) is not None:
+                return state
+        return None
+
+
+@dataclass
+class Experiment:
+    config: RunConfig
+    device: torch.device
+    train_images: Tensor
+    train_labels: Tensor
+    eval_images: Tensor
+    eval_labels: Tensor
+    classes: list[str]
+    subset_indices: Tensor | None
+    model: TrainModel
+    augment: Augmentation
+    eval_augment: Augmentation
+    init_report: LoadReport | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA GPU is visible: use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def geometry(config: RunConfig) -> tuple[int, int, int]:
+    """(storage image size, backbone input size, patch size), filling dataset defaults."""
+    info = get_dataset_info(config.data.dataset)
+    image_size = config.data.image_size or info.default_image_size
+    img_size = config.model.img_size or image_size
+    patch_size = config.model.patch_size or info.default_patch_size
+    return image_size, img_size, patch_size
+
+
+def resolve_checkpoint(path_or_run: str | Path) -> Path:
+    """A run folder (its best, else last checkpoint), an export folder, or a .safetensors file."""
+    path = Path(path_or_run)
+    for candidate in (
+        path / "checkpoints" / "best.safetensors",
+        path / "checkpoints" / "last.safetensors",
+        path / "model.safetensors",
+        path,
+    ):
+        if candidate.is_file():
+            return candidate
+    raise SmallViTError(f"no checkpoint found at '{path}': give a run folder, an export folder or a .safetensors file")
+
+
+def load_backbone_state(path_or_run: str | Path) -> dict[str, Tensor]:
+    """The timm-keyed backbone weights of a smallvit checkpoint or of an exported model."""
+    tensors, _ = load_checkpoint(resolve_checkpoint(path_or_run))
+    prefix = "model.backbone.model."
+    if any(k.startswith(prefix) for k in tensors):
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k: v for k, v in tensors.items() if not k.startswith("head.")}
+
+
+def _check_recipe(config: RunConfig, has_labels: bool) -> None:
+    keys = {o.name for o in config.objectives}
+    metric = config.train.best_metric
+    parts = metric.split("/")
+    known = parts[:1] == ["eval"] and (
+        parts[1:] == ["loss"] or (len(parts) == 3 and (parts[1] in keys or parts[1] == "knn"))
+    )
+    if not known and not parts[1:2] == ["ema"]:
+        raise ConfigError(
+            f"train.best_metric={metric!r} names no metric this run produces: use eval/loss, "
+            f"eval/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}) or eval/knn/acc1"
+        )
+    if parts[1:2] == ["knn"] and not config.train.knn_every:
+        raise ConfigError(f"train.best_metric={metric!r} needs online kNN: set train.knn_every (e.g. 5)")
+    for objective in config.objectives:
+        if OBJECTIVES[objective.name].requires_labels and not has_labels:
+            raise ConfigError(f"objective '{objective.name}' needs class labels, which this dataset does not have")
+
+
+def build_experiment(config: RunConfig, device: torch.device | None = None, load_init: bool = True) -> Experiment:
+    """Load data, build the backbone and objectives, and initialise from ``model.init_from`` if set."""
+    device = device or resolve_device(config.train.device)
+    data = config.data
+    info = get_dataset_info(data.dataset)
+    image_size, img_size, patch_size = geometry(config)
+    train_set = load_dataset(data.dataset, data.train_split, root=data.root, image_size=image_size, in_chans=data.in_chans)
+    eval_set = load_dataset(data.dataset, data.eval_split, root=data.root, image_size=image_size, in_chans=data.in_chans)
+    subset_indices = None
+    if data.subset is not None:
+        subset_indices = stratified_subset(train_set.labels, **data.subset.model_dump())
+        train_set = train_set.subset(subset_indices)
+    if data.eval_subset is not None:
+        eval_set = eval_set.subset(stratified_subset(eval_set.labels, **data.eval_subset.model_dump()))
+    _check_recipe(config, has_labels=train_set.labels is not None)
+
+    backbone = build_backbone(
+        config.model.preset,
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=data.in_chans,
+        pos_embed=config.model.pos_embed,
+        cls_token=config.model.cls_token,
+        drop_path=config.model.drop_path,
+        **config.model.overrides,
+    )
+    setup = ObjectiveSetup(
+        embed_dim=backbone.embed_dim,
+        grid=backbone.grid,
+        patch_size=patch_size,
+        img_size=img_size,
+        in_chans=data.in_chans,
+        num_classes=len(train_set.classes),
+        num_train=len(train_set),
+        has_cls_token=backbone.has_cls_token,
+        has_pos_embed=backbone.has_pos_embed,
+    )
+    model = TrainModel(backbone, [build_objective(o, setup) for o in config.objectives])
+    report = None
+    if load_init and config.model.init_from:
+        report = load_backbone_weights(backbone, load_backbone_state(config.model.init_from))
+    mean, std = info.mean, info.std
+    return Experiment(
+        config=config,
+        device=device,
+        train_images=train_set.images.to(device),
+        train_labels=train_set.labels.to(device),
+        eval_images=eval_set.images.to(device),
+        eval_labels=eval_set.labels.to(device),
+        classes=list(train_set.classes),
+        subset_indices=subset_indices,
+        model=model.to(device),
+        augment=build_augmentation(config.augment, mean, std),
+        eval_augment=eval_augmentation(img_size, mean, std),
+        init_report=report,
+    )
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run folder was trained with."""
+    import yaml
+
+    from smallvit.config import validate_run
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise SmallViTError(f"'{run_dir}' is not a run folder (no config.yaml): give a folder under runs/")
+    return validate_run(yaml.safe_load(path.read_text()), f"run '{run_dir}'")
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

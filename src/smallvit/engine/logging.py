@@ -1,0 +1,96 @@
+"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard, a live progress bar, and ``curves.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class MetricsLog:
+    """Appends one JSON object per log step or evaluation to ``metrics.jsonl`` and mirrors it to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # heavy import, only for the writing rank
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record.get("step", 0)
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def make_progress(console: Console, quiet: bool) -> Progress:
+    """A rich progress bar: epoch, step, loss, accuracy, images/s, ETA. ``quiet`` disables the live display."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """Draw training/eval loss and accuracy against epochs into ``curves.png``."""
+    records = read_metrics(run_dir)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    accuracy_keys = sorted({k for r in evals for k in r if k.endswith("acc1")})
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["epoch"] for r in train], [r["train/loss"] for r in train], label="train loss", alpha=0.7)
+    if evals:
+        ax_loss.plot([r["epoch"] for r in evals], [r["eval/loss"] for r in evals], "o-", label="eval loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    for key in accuracy_keys:
+        points = [(r["epoch"], r[key]) for r in evals if key in r]
+        ax_acc.plot(*zip(*points), "o-", label=key)
+    train_acc = [(r["epoch"], r[k]) for r in train for k in r if k.endswith("acc1")]
+    if train_acc:
+        ax_acc.plot(*zip(*train_acc), label="train acc1", alpha=0.5)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    if accuracy_keys or train_acc:
+        ax_acc.legend()
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,65 @@
+"""Supervised classification: a linear head on the pooled feature, cross-entropy with label smoothing.
+
+Soft targets from mixup/CutMix come as a :class:`~smallvit.data.batch.Mix` pairing on the view, turned into
+``lam * CE(y) + (1 - lam) * CE(y[partner])`` by the shared :func:`mixed_cross_entropy`.
+
+Example:
+    >>> objective = Supervised(Supervised.Config(name="supervised"), setup)
+    >>> out = objective(StepContext(batch, backbone))
+    >>> out.loss.backward(); out.metrics["acc1"]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from smallvit.data.mixing import mixed_cross_entropy
+from smallvit.objectives.base import (
+    Objective,
+    ObjectiveConfig,
+    ObjectiveOutput,
+    ObjectiveSetup,
+    StepContext,
+    register_objective,
+)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Fraction of rows whose label is among the ``k`` highest logits (k clipped to the class count)."""
+    k = min(k, logits.shape[-1])
+    return (logits.topk(k, dim=-1).indices == labels[:, None]).any(dim=-1).float().mean()
+
+
+class SupervisedConfig(ObjectiveConfig):
+    label_smoothing: float = 0.1
+
+
+@register_objective
+class Supervised(Objective):
+    """Cross-entropy on class labels through a linear head on the pooled feature (CLS or mean token)."""
+
+    name = "supervised"
+    Config = SupervisedConfig
+    requires_labels = True
+
+    def __init__(self, config: SupervisedConfig, setup: ObjectiveSetup):
+        super().__init__(config, setup)
+        self.head = nn.Linear(setup.embed_dim, setup.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
+        losses, metrics = [], {}
+        for view_name in self.config.views:
+            view = ctx.view(view_name)
+            logits = self.head(ctx.encode(view_name).pooled).float()
+            smoothing = self.config.label_smoothing if ctx.training else 0.0
+            losses.append(mixed_cross_entropy(logits, view.labels, view.mix, smoothing))
+            if view.mix is None:
+                metrics["acc1"] = topk_accuracy(logits, view.labels, 1)
+                metrics["acc5"] = topk_accuracy(logits, view.labels, 5)
+        return ObjectiveOutput(torch.stack(losses).mean(), metrics)
+
+    def classifier_state(self) -> dict[str, Tensor]:
+        return {"head.weight": self.head.weight, "head.bias": self.head.bias}
