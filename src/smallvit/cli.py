@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -33,24 +34,19 @@ RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders are
 
 
 def _print_summary(summaries: list[dict]) -> None:
-    table = Table(title="smallvit run summary", show_lines=False)
-    for column in ("stage", "epochs", "best", "final top-1", "wall-clock", "img/s", "run folder"):
-        table.add_column(column)
+    """One panel per stage: final accuracy, best checkpoint, speed and where the run folder is."""
     for s in summaries:
         final = s.get("final", {})
-        top1 = final.get("eval/supervised/acc1", final.get("eval/knn/acc1"))
+        lines = [f"{k.removeprefix('eval/')}: {v:.4f}" for k, v in final.items() if k.endswith(("acc1", "acc5"))]
         best = s.get("best", {})
-        best_text = f"{best.get('metric')} = {best['value']:.4f} (epoch {best.get('epoch')})" if best.get("value") is not None else "-"
-        table.add_row(
-            s.get("name", "?"),
-            str(s.get("epochs")),
-            best_text,
-            f"{top1:.4f}" if top1 is not None else "-",
-            f"{s.get('wall_clock_s', 0):.0f} s",
-            f"{s.get('images_per_s') or 0:.0f}",
-            s.get("run_dir", ""),
+        if best.get("value") is not None:
+            lines.append(f"best {best['metric']} = {best['value']:.4f} at epoch {best.get('epoch')}")
+        lines.append(
+            f"{s.get('epochs')} epochs in {s.get('wall_clock_s', 0):.0f} s, {s.get('images_per_s') or 0:.0f} images/s "
+            f"on {s.get('device')} ({s.get('precision')})"
         )
-    console.print(table)
+        lines.append(f"run folder: {s.get('run_dir')}")
+        console.print(Panel("\n".join(lines), title=f"[bold]{s.get('name')}[/bold]", expand=False))
 
 
 @app.command(
@@ -150,7 +146,7 @@ def datasets(root: Annotated[Path | None, typer.Option(help="Data root (default:
             name,
             ", ".join(info.splits),
             str(info.num_classes),
-            f"{info.default_image_size} px / {info.default_patch_size}",
+            f"{info.image_size} px / {info.patch_size}",
             "yes" if info.is_prepared(root) else "no",
         )
     console.print(table)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from smallvit.data.pipeline import ViewSpec
 from smallvit.errors import ConfigError
@@ -103,7 +103,7 @@ class RunConfig(Strict):
     data: DataConfig = DataConfig()
     augment: dict[str, ViewSpec] = {"main": ViewSpec(ops=[{"op": "random_crop", "padding": 4}, {"op": "hflip"}])}
     model: ModelConfig = ModelConfig()
-    objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [parse_objective_config({"name": "supervised"})])
+    objectives: list[SerializeAsAny[ObjectiveConfig]] = Field(default_factory=lambda: [parse_objective_config({"name": "supervised"})])
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 

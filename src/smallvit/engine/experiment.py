@@ -6,6 +6,7 @@ always rebuilds exactly the model that was trained.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 
 from smallvit.config import RunConfig
 from smallvit.data import get_dataset_info, load_dataset, stratified_subset
-from smallvit.data.pipeline import Augmentation, build_augmentation, eval_augmentation
+from smallvit.data.pipeline import Augmentation, ViewSpec, build_augmentation, eval_augmentation
+from smallvit.data.transforms import OPS
 from smallvit.engine.checkpoint import load_checkpoint
 from smallvit.errors import ConfigError, SmallViTError
 from smallvit.models import LoadReport, ViTBackbone, build_backbone, load_backbone_weights
@@ -80,9 +82,9 @@ def resolve_device(name: str) -> torch.device:
 def geometry(config: RunConfig) -> tuple[int, int, int]:
     """(storage image size, backbone input size, patch size), filling dataset defaults."""
     info = get_dataset_info(config.data.dataset)
-    image_size = config.data.image_size or info.default_image_size
+    image_size = config.data.image_size or info.image_size
     img_size = config.model.img_size or image_size
-    patch_size = config.model.patch_size or info.default_patch_size
+    patch_size = config.model.patch_size or info.patch_size
     return image_size, img_size, patch_size
 
 
@@ -107,6 +109,20 @@ def load_backbone_state(path_or_run: str | Path) -> dict[str, Tensor]:
     if any(k.startswith(prefix) for k in tensors):
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     return {k: v for k, v in tensors.items() if not k.startswith("head.")}
+
+
+def _takes_patch_size(op_name: str | None) -> bool:
+    op_class = OPS.get(op_name)
+    return op_class is not None and "patch_size" in inspect.signature(op_class).parameters
+
+
+def _with_patch_size(spec: ViewSpec, patch_size: int) -> ViewSpec:
+    """Fill ``patch_size`` into the ops that take one (per-patch augmentation, mega-patches) and omit it."""
+    ops = [
+        {**op, "patch_size": patch_size} if "patch_size" not in op and _takes_patch_size(op.get("op")) else op
+        for op in spec.ops
+    ]
+    return spec.model_copy(update={"ops": ops})
 
 
 def _check_recipe(config: RunConfig, has_labels: bool) -> None:
@@ -170,6 +186,7 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
     if load_init and config.model.init_from:
         report = load_backbone_weights(backbone, load_backbone_state(config.model.init_from))
     mean, std = info.mean, info.std
+    augment = {name: _with_patch_size(spec, patch_size) for name, spec in config.augment.items()}
     return Experiment(
         config=config,
         device=device,
@@ -180,7 +197,7 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
         classes=list(train_set.classes),
         subset_indices=subset_indices,
         model=model.to(device),
-        augment=build_augmentation(config.augment, mean, std),
+        augment=build_augmentation(augment, mean, std),
         eval_augment=eval_augmentation(img_size, mean, std),
         init_report=report,
     )

@@ -146,6 +146,12 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def _steady_throughput(rates: list[float]) -> float:
+    """Mean training images/s over the log windows, leaving out the first (warm-up, allocation, compilation)."""
+    steady = rates[1:] or rates
+    return sum(steady) / len(steady)
+
+
 def _truncate_metrics(run_dir: Path, step: int) -> None:
     """On resume, drop records a crashed run wrote after its last checkpoint."""
     path = run_dir / "metrics.jsonl"
@@ -313,7 +319,7 @@ def train(
         "final": eval_metrics,
         "best": {"metric": tc.best_metric, "value": best, "epoch": best_state.get("epoch")},
         "wall_clock_s": round(wall, 1),
-        "images_per_s": round(sum(throughput) / len(throughput), 1) if throughput else None,
+        "images_per_s": round(_steady_throughput(throughput), 1) if throughput else None,
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
         "device": device_name(device),
         "precision": tc.precision,

@@ -1,0 +1,62 @@
+import torch
+
+from smallvit.engine.checkpoint import (
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+)
+
+
+def _trained_optimizer(model):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_round_trip_restores_model_optimizer_rng_and_state(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = _trained_optimizer(model)
+    tensors, meta = optimizer_to_flat(optimizer)
+    torch.manual_seed(123)
+    tensors.update(rng_tensors())
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    save_checkpoint(tmp_path / "last.safetensors", tensors, {"epoch": 3, "optimizer": meta})
+    expected_next = torch.rand(3)
+
+    loaded, state = load_checkpoint(tmp_path / "last.safetensors")
+    assert state["epoch"] == 3 and (tmp_path / "last.json").is_file()
+    fresh = torch.nn.Linear(3, 2)
+    fresh.load_state_dict({k[6:]: v for k, v in loaded.items() if k.startswith("model.")})
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    optimizer_from_flat(fresh_optimizer, loaded, state["optimizer"])
+    restore_rng(loaded)
+    assert torch.equal(torch.rand(3), expected_next)
+    for a, b in zip(optimizer.state_dict()["state"].values(), fresh_optimizer.state_dict()["state"].values()):
+        assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+
+
+def test_prefix_filter_and_no_temp_files_left(tmp_path):
+    save_checkpoint(tmp_path / "c.safetensors", {"model.w": torch.ones(2), "optim.0.exp_avg": torch.zeros(2)}, {})
+    model_only, _ = load_checkpoint(tmp_path / "c.safetensors", prefix="model.")
+    assert list(model_only) == ["w"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("smallvit.engine.checkpoint.save_file", crash)
+    try:
+        save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+    except OSError:
+        pass
+    tensors, state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))

@@ -1,0 +1,84 @@
+import pytest
+
+from smallvit.config import apply_overrides, available_recipes, load_recipe, parse_overrides
+from smallvit.errors import ConfigError
+
+
+def test_every_shipped_recipe_validates():
+    recipes = available_recipes()
+    assert "quickstart" in recipes and "supervised" in recipes
+    for name in recipes:
+        assert load_recipe(name).stages, name
+
+
+def test_overrides_with_aliases_types_and_list_indices():
+    recipe = load_recipe("quickstart", ["epochs=3", "train.batch_size=64", "objectives.0.label_smoothing=0.2", "dataset=cifar10-jpeg"])
+    stage = recipe.stages[0]
+    assert stage.train.epochs == 3 and stage.train.batch_size == 64
+    assert stage.objectives[0].label_smoothing == 0.2
+    assert stage.data.dataset == "cifar10-jpeg"
+
+
+def test_override_creates_nested_blocks():
+    stage = load_recipe("quickstart", ["data.subset.per_class=20"]).stages[0]
+    assert stage.data.subset.per_class == 20
+
+
+def test_objective_specific_fields_survive_serialisation():
+    stage = load_recipe("quickstart", ["objectives.0.label_smoothing=0.3"]).stages[0]
+    assert stage.to_dict()["objectives"][0]["label_smoothing"] == 0.3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown key 'train.epoch' (allowed here: epochs"),
+        ("train.epochs=abc", "train.epochs='abc'"),
+        ("objectives.0.smoothing=0.1", "smoothing"),
+        ("objectives.0.name=nope", "unknown objective 'nope'"),
+        ("model.bogus=1", "unknown key 'model.bogus'"),
+        ("epochs", "is not key=value"),
+        ("objectives.5.weight=1", "not an index below 1"),
+    ],
+)
+def test_bad_overrides_fail_with_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("quickstart", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_recipe_names_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'.*quickstart"):
+        load_recipe("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+
+
+def test_recipe_files_inherit_with_base(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("base: quickstart\ntrain:\n  epochs: 7\n")
+    stage = load_recipe(str(child)).stages[0]
+    assert stage.train.epochs == 7
+    assert stage.train.batch_size == load_recipe("quickstart").stages[0].train.batch_size
+    assert stage.name == "child"
+
+
+def test_multi_stage_recipe(tmp_path):
+    (tmp_path / "two.yaml").write_text(f"stages: [quickstart, {tmp_path / 'second.yaml'}]\n")
+    (tmp_path / "second.yaml").write_text("base: quickstart\nmodel: {init_from: previous}\n")
+    recipe = load_recipe(str(tmp_path / "two.yaml"), ["epochs=2"])
+    assert [s.name for s in recipe.stages] == ["quickstart", "second"]
+    assert all(s.train.epochs == 2 for s in recipe.stages)
+    assert recipe.stages[1].model.init_from == "previous"
+
+
+def test_views_read_by_objectives_must_exist():
+    with pytest.raises(ConfigError, match="reads view"):
+        load_recipe("quickstart", ["objectives.0.views=[large]"])
+
+
+def test_parse_and_apply_overrides_are_pure():
+    raw = {"train": {"epochs": 1}}
+    updated = apply_overrides(raw, parse_overrides(["train.epochs=2"]))
+    assert raw["train"]["epochs"] == 1 and updated["train"]["epochs"] == 2
