@@ -43,3 +43,21 @@ def sample_pairs(batch: int, num_tokens: int, num_pairs: int, generator: torch.G
     first = torch.randint(num_tokens, shape, generator=generator, device=device)
     second = torch.randint(num_tokens, shape, generator=generator, device=device)
     return first, second
+
+
+def take_tokens(tokens: Tensor, index: Tensor) -> Tensor:
+    """Rows of ``tokens`` [B, N, ...] at per-image positions ``index`` [B, K]: [B, K, ...]."""
+    expanded = index.reshape(*index.shape, *([1] * (tokens.dim() - 2))).expand(-1, -1, *tokens.shape[2:])
+    return torch.gather(tokens, 1, expanded)
+
+
+def original_positions(token_index: Tensor, patch_order: Tensor | None) -> Tensor:
+    """Grid index [B, K] of the patch shown at tokens ``token_index`` [B, K], following ``patch_order`` [B, N]."""
+    if patch_order is None:
+        return token_index
+    return torch.gather(patch_order, 1, token_index)
+
+
+def sampled_pair_labels(labels: Tensor, patch_order: Tensor | None, first: Tensor, second: Tensor) -> Tensor:
+    """Grid pair labels [N, N, ...] of sampled token pairs (``first``, ``second`` [B, P]): [B, P, ...]."""
+    return labels[original_positions(first, patch_order), original_positions(second, patch_order)]
