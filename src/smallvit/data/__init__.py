@@ -1,0 +1,23 @@
+"""Datasets: a registry of presets, preparing them once, loading splits into memory, and class-balanced subsets."""
+
+from smallvit.data.datasets import (
+    DATASETS,
+    DatasetInfo,
+    ImageDataset,
+    data_root,
+    get_dataset_info,
+    load_dataset,
+    prepare_dataset,
+)
+from smallvit.data.subset import stratified_subset
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "ImageDataset",
+    "data_root",
+    "get_dataset_info",
+    "load_dataset",
+    "prepare_dataset",
+    "stratified_subset",
+]

