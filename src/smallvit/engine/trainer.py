@@ -142,6 +142,32 @@ def online_knn(exp: Experiment, backbone: torch.nn.Module) -> dict[str, float]:
     return {"eval/knn/acc1": accuracy}
 
 
+def optimizer_step(
+    exp: Experiment,
+    train_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: tuple,
+    gen: torch.Generator,
+    epoch: int,
+    weights: list[float],
+):
+    """One optimizer step on a uint8 batch: augment, forward, backward per micro-batch, clip, update."""
+    config = exp.config
+    images, labels, indices = data
+    micro = -(-len(images) // config.train.accumulation)
+    for start in range(0, len(images), micro):
+        chunk = slice(start, start + micro)
+        batch = exp.augment(images[chunk], labels[chunk], indices[chunk], gen, epoch)
+        with autocast(exp.device, config.train.precision):
+            loss, metrics = train_model(batch, weights, training=True, epoch=epoch)
+        (loss * len(indices[chunk]) / len(images)).backward()
+    if config.optim.clip_grad:
+        torch.nn.utils.clip_grad_norm_(exp.model.parameters(), config.optim.clip_grad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, metrics
+
+
 def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -216,7 +242,6 @@ def train(
             console.print(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
     log = MetricsLog(run_dir, enabled=ddp.is_main)
     gen = torch.Generator(device=device)
-    micro = tc.batch_size // tc.accumulation
     started = time.perf_counter()
     eval_metrics: dict[str, float] = {}
 
@@ -235,27 +260,18 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 weights = objective_weights(config, epoch_float)
-                for start in range(0, len(images), micro):
-                    chunk = slice(start, start + micro)
-                    batch = exp.augment(images[chunk], labels[chunk], indices[chunk], gen, epoch)
-                    with autocast(device, tc.precision):
-                        loss, metrics = train_model(batch, weights, training=True, epoch=epoch)
-                    (loss * len(indices[chunk]) / len(images)).backward()
-                if config.optim.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss, metrics = optimizer_step(exp, train_model, optimizer, (images, labels, indices), gen, epoch, weights)
                 if ema is not None:
                     ema.update(model, step=step)
                 step += 1
                 metrics["loss"] = loss.detach()
                 for key, value in metrics.items():
-                    window[key] = window.get(key, 0.0) + float(value)
+                    window[key] = window.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
                 window_steps += 1
                 window_images += len(images) * ddp.world_size
                 if step % tc.log_every == 0 or i == steps_per_epoch - 1:
                     seconds = time.perf_counter() - window_start
-                    record = {f"train/{k}": v / window_steps for k, v in window.items()}
+                    record = {f"train/{k}": float(v) / window_steps for k, v in window.items()}
                     rate = window_images / max(seconds, 1e-9)
                     throughput.append(rate)
                     record.update(kind="train", step=step, epoch=round(epoch_float + 1 / steps_per_epoch, 4), lr=lr)
@@ -264,6 +280,8 @@ def train(
                     acc = next((v for k, v in record.items() if k.endswith("/acc1")), None)
                     stats = f"loss {record['train/loss']:.3f}" + (f"  acc {acc:.3f}" if acc is not None else "")
                     progress.update(task, stats=f"{stats}  {rate:.0f} img/s")
+                    if quiet and i == steps_per_epoch - 1 and ddp.is_main:
+                        console.print(f"epoch {epoch + 1}/{tc.epochs}: {stats}  {rate:.0f} img/s  lr {lr:.2e}")
                     window, window_steps, window_images, window_start = {}, 0, 0, time.perf_counter()
                 progress.advance(task)
 

@@ -1,0 +1,111 @@
+"""End to end through the command line: train, evaluate, export, reload in timm, resume; bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from smallvit.cli import app
+from smallvit.models import create_timm_model
+
+FAST = [
+    "epochs=2",
+    "data.subset.per_class=20",
+    "data.eval_subset.per_class=10",
+    "model.overrides.depth=2",
+    "train.batch_size=50",
+    "train.log_every=2",
+    "optim.warmup_epochs=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+
+
+def _train(tmp_path, name, *extra):
+    args = ["train", "quickstart", *FAST, *extra, "--runs-dir", str(tmp_path / "runs"), "--name", name, "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "runs" / name
+
+
+def _eval_records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"eval"' in line]
+
+
+def test_train_eval_export_reload_in_timm(tmp_path):
+    run = _train(tmp_path, "a")
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "subset_indices.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "checkpoints" / "last.json").is_file()
+    assert list((run / "tensorboard").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0.0 <= summary["final"]["eval/supervised/acc1"] <= 1.0 and summary["images_per_s"] > 0
+    assert len(json.loads((run / "subset_indices.json").read_text())["train"]) == 200
+
+    result = CliRunner().invoke(app, ["eval", str(run), "--checkpoint", "last"])
+    assert result.exit_code == 0, result.output
+    assert f"eval/supervised/acc1: {summary['final']['eval/supervised/acc1']:.4f}" in result.output
+
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(run), "--output", str(out), "--checkpoint", "last"])
+    assert result.exit_code == 0, result.output
+    model = create_timm_model(out).eval()
+    assert model.num_classes == 10
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_same_seed_same_metrics_and_resume_continues_exactly(tmp_path, monkeypatch):
+    first = _eval_records(_train(tmp_path, "first"))
+    second = _eval_records(_train(tmp_path, "second"))
+    assert first == second
+
+    import smallvit.engine.trainer as trainer
+
+    real_save = trainer.save_checkpoint
+
+    def crash_after_first_epoch(path, tensors, state):
+        real_save(path, tensors, state)
+        if path.name == "last.safetensors" and state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
+    args = ["train", "quickstart", *FAST, "--runs-dir", str(tmp_path / "runs"), "--name", "crashed", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130 and "--resume" in result.output
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+
+    run = tmp_path / "runs" / "crashed"
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _eval_records(run) == first
+
+
+def _cli(*args, env_dir):
+    env = {"SMALLVIT_DATA": str(env_dir / "data"), "SMALLVIT_CACHE": str(env_dir / "cache"), "PATH": ""}
+    return subprocess.run([sys.executable, "-m", "smallvit.cli", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nope"], "unknown recipe 'nope'"),
+        (["train", "quickstart", "train.epoch=1"], "unknown key 'train.epoch'"),
+        (["train", "quickstart", "dataset=svhn"], "smallvit prepare svhn"),
+        (["train", "quickstart", "model.patch_size=5"], "not divisible by patch size 5"),
+        (["eval", "no/such/run"], "not a run folder"),
+        (["prepare", "cifar10", "--source", "no/such/archive.tar.gz"], "no/such/archive.tar.gz"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
+    result = _cli(*args, env_dir=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
