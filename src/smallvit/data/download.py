@@ -47,6 +47,14 @@ def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_SUFFIXES)
 
 
+def _refuse_escaping_members(archive: tarfile.TarFile, dest: Path) -> None:
+    root = dest.resolve()
+    for member in archive.getmembers():
+        target = (dest / member.name).resolve()
+        if member.issym() or member.islnk() or not target.is_relative_to(root):
+            raise DataError(f"archive member {member.name!r} would leave {dest}: the archive is not safe to unpack")
+
+
 def extract(archive: Path, dest: Path) -> None:
     """Unpack a .tar, .tar.gz, .tgz or .zip into ``dest``; members that would land outside ``dest`` are refused."""
     try:
@@ -55,6 +63,10 @@ def extract(archive: Path, dest: Path) -> None:
                 z.extractall(dest)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(dest, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12: refuses links and paths leaving dest
+                    t.extractall(dest, filter="data")
+                else:
+                    _refuse_escaping_members(t, dest)
+                    t.extractall(dest)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"cannot unpack {archive} ({err}): fetch the archive again") from err
