@@ -84,6 +84,38 @@ def train(
     _print_summary(summaries)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+    epilog="Examples:\n\n  smallvit finetune runs/idmm-pretrain-20261125-120000 --recipe idmm-finetune"
+    "\n\n  smallvit finetune runs/idmm-pretrain-20261125-120000 --recipe idmm-transfer epochs=50",
+)
+def finetune(
+    run: Annotated[Path, typer.Argument(help="Pre-trained run folder, export folder or .safetensors file.")],
+    recipe: Annotated[str, typer.Option(help="Fine-tuning recipe (see `smallvit recipes`) or a .yaml path.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.epochs=5")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name (default: <recipe>-<timestamp>).")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a pre-trained run with a recipe: its first stage starts from RUN's backbone (model.init_from=RUN)."""
+    from smallvit.config import load_recipe
+    from smallvit.engine.experiment import resolve_checkpoint
+    from smallvit.engine.runner import new_run_dir, run_recipe
+
+    resolve_checkpoint(run)
+    loaded = load_recipe(recipe, overrides or [])
+    first = loaded.stages[0]
+    loaded.stages[0] = first.model_copy(update={"model": first.model.model_copy(update={"init_from": str(run)})})
+    run_dir = new_run_dir(runs_dir, loaded.name, name)
+    console.print(f"[bold]{loaded.name}[/bold] from {run} → {run_dir}")
+    try:
+        summaries = run_recipe(loaded, run_dir, quiet=quiet, console=console)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: continue with `smallvit train --resume {run_dir}`")
+        raise typer.Exit(130) from None
+    _print_summary(summaries)
+
+
 class _EvalGroup(TyperGroup):
     """``smallvit eval RUN`` means ``smallvit eval classify RUN``; ``knn`` and ``linear`` are subcommands."""
 
@@ -109,6 +141,37 @@ def eval_classify(
     metrics = evaluate_run(run, split=split, checkpoint=checkpoint)
     for key, value in metrics.items():
         console.print(f"{key}: {value:.4f}")
+
+
+@eval_app.command("knn", epilog="Example:\n\n  smallvit eval knn runs/idmm-pretrain-20261125-120000")
+def eval_knn(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    split: Annotated[str | None, typer.Option(help="Query split (default: the recipe's eval split).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    k: Annotated[int, typer.Option(help="Neighbours that vote.")] = 20,
+    temperature: Annotated[float, typer.Option(help="Vote weight exp(cosine / temperature).")] = 0.07,
+) -> None:
+    """Weighted kNN top-1 on frozen features (training set as the bank); features cached in the run folder."""
+    from smallvit.eval.knn import knn_evaluate_run
+
+    result = knn_evaluate_run(run, split=split, checkpoint=checkpoint, k=k, temperature=temperature)
+    console.print(f"knn/acc1 ({result['split']}, k={k}, T={temperature}): {result['acc1']:.4f}")
+
+
+@eval_app.command("linear", epilog="Example:\n\n  smallvit eval linear runs/idmm-pretrain-20261125-120000")
+def eval_linear(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's eval split).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    weight_decay: Annotated[
+        float | None, typer.Option(help="L2 strength; default: chosen on a held-out fifth of the training set.")
+    ] = None,
+) -> None:
+    """Linear-probe top-1 on frozen features (L-BFGS logistic regression); features cached in the run folder."""
+    from smallvit.eval.linear import linear_probe_run
+
+    result = linear_probe_run(run, split=split, checkpoint=checkpoint, weight_decay=weight_decay)
+    console.print(f"linear/acc1 ({result['split']}, weight decay {result['weight_decay']:g}): {result['acc1']:.4f}")
 
 
 @app.command(epilog="Example:\n\n  smallvit export runs/quickstart-20261125-120000 --output exported/")
@@ -145,7 +208,7 @@ def datasets(root: Annotated[Path | None, typer.Option(help="Data root (default:
         table.add_row(
             name,
             ", ".join(info.splits),
-            str(info.num_classes),
+            str(info.num_classes or "from folder"),
             f"{info.image_size} px / {info.patch_size}",
             "yes" if info.is_prepared(root) else "no",
         )
