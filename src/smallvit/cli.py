@@ -6,6 +6,7 @@ traceback).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -74,7 +75,12 @@ def train(
     if recipe is None:
         raise SmallViTError("no recipe given: run `smallvit recipes` to list them, e.g. `smallvit train quickstart`")
     loaded = load_recipe(recipe, overrides or [])
-    run_dir = new_run_dir(runs_dir, loaded.name, name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if name is None:
+            raise SmallViTError("under torchrun every process must write to the same run folder: pass --name NAME")
+        run_dir = runs_dir / name
+    else:
+        run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] → {run_dir}")
     try:
         summaries = run_recipe(loaded, run_dir, quiet=quiet, console=console)
