@@ -3,7 +3,7 @@
 Importing this package registers every objective.
 """
 
-from smallvit.objectives import supervised  # noqa: F401  (registers)
+from smallvit.objectives import relations, supervised  # noqa: F401  (registers)
 from smallvit.objectives.base import (
     OBJECTIVES,
     Objective,
