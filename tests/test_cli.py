@@ -18,7 +18,6 @@ FAST = [
     "model.overrides.depth=2",
     "train.batch_size=50",
     "train.log_every=2",
-    "optim.warmup_epochs=1",
 ]
 
 

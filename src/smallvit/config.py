@@ -75,8 +75,13 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = Field(10, ge=0)
+    warmup_fraction: float | None = Field(None, ge=0, le=1, description="warm-up as a fraction of the epochs")
     min_lr: float = Field(1e-5, ge=0)
     clip_grad: float | None = Field(None, gt=0)
+
+    def warmup(self, epochs: int) -> float:
+        """Warm-up length in epochs: ``warmup_fraction`` of the run when set (so it follows an epochs override)."""
+        return self.warmup_fraction * epochs if self.warmup_fraction is not None else self.warmup_epochs
 
 
 class TrainConfig(Strict):

@@ -125,6 +125,18 @@ def _with_patch_size(spec: ViewSpec, patch_size: int) -> ViewSpec:
     return spec.model_copy(update={"ops": ops})
 
 
+def _check_view_sizes(augment: Augmentation, images: Tensor, img_size: int) -> None:
+    """Augment two images once, so a view the backbone cannot take fails now, not at the first step."""
+    batch = augment(images, None, torch.arange(len(images)), torch.Generator().manual_seed(0), 0)
+    for name, view in batch.views.items():
+        size = tuple(view.images.shape[-2:])
+        if size != (img_size, img_size):
+            raise ConfigError(
+                f"augment.{name} makes {size[0]}x{size[1]} images but the backbone takes {img_size}x{img_size}: "
+                f"set model.img_size={size[0]} or change the view's ops"
+            )
+
+
 def _check_recipe(config: RunConfig, has_labels: bool) -> None:
     keys = {o.name for o in config.objectives}
     metric = config.train.best_metric
@@ -186,7 +198,9 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
     if load_init and config.model.init_from:
         report = load_backbone_weights(backbone, load_backbone_state(config.model.init_from))
     mean, std = info.mean, info.std
-    augment = {name: _with_patch_size(spec, patch_size) for name, spec in config.augment.items()}
+    views = {name: _with_patch_size(spec, patch_size) for name, spec in config.augment.items()}
+    augment = build_augmentation(views, mean, std)
+    _check_view_sizes(augment, train_set.images[:2], img_size)
     return Experiment(
         config=config,
         device=device,
@@ -197,7 +211,7 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
         classes=list(train_set.classes),
         subset_indices=subset_indices,
         model=model.to(device),
-        augment=build_augmentation(augment, mean, std),
+        augment=augment,
         eval_augment=eval_augmentation(img_size, mean, std),
         init_report=report,
     )

@@ -65,7 +65,10 @@ def _run_stages(
     for i, (stage, stage_dir) in enumerate(zip(stages, dirs)):
         if stage.model.init_from == "previous":
             if i == 0:
-                raise SmallViTError(f"stage '{stage.name}' has model.init_from=previous but is the first stage")
+                raise SmallViTError(
+                    f"stage '{stage.name}' has model.init_from=previous but no stage before it: "
+                    "give model.init_from=runs/<pre-training run>"
+                )
             stage = stage.model_copy(update={"model": stage.model.model_copy(update={"init_from": str(dirs[i - 1])})})
         summary_path = stage_dir / "summary.json"
         if resume and summary_path.is_file():

@@ -242,6 +242,7 @@ def train(
             console.print(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
     log = MetricsLog(run_dir, enabled=ddp.is_main)
     gen = torch.Generator(device=device)
+    warmup = config.optim.warmup(tc.epochs)
     started = time.perf_counter()
     eval_metrics: dict[str, float] = {}
 
@@ -256,7 +257,7 @@ def train(
             window_steps, window_images, window_start = 0, 0, time.perf_counter()
             for i, (images, labels, indices) in enumerate(loader):
                 epoch_float = epoch + i / steps_per_epoch
-                lr = warmup_cosine(epoch_float, tc.epochs, config.optim.warmup_epochs, config.optim.lr, config.optim.min_lr)
+                lr = warmup_cosine(epoch_float, tc.epochs, warmup, config.optim.lr, config.optim.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 weights = objective_weights(config, epoch_float)
