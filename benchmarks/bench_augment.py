@@ -3,7 +3,10 @@
 Two recipes, each in both forms: "supervised" (random crop with padding 4, flip, timm's RandAugment
 rand-m9-mstd0.5-inc1, colour jitter, normalize, random erasing) and "ssl" (random resized crop, flip, colour
 jitter, grayscale, Gaussian blur, normalize). Mixup/CutMix is left out of both (it runs on batches either way).
-The figures are images per second on the CPU, printed as a table and appended to benchmarks/results.jsonl.
+Figures are medians over epochs of the bundled CIFAR-10 sample on the CPU, the pipelines timed alternately:
+images per second of wall-clock time (batched pipeline on ``--threads``, PIL in a DataLoader with ``--workers``)
+and images per second of CPU time (both in this process, PIL without workers), which is robust to other load on
+the machine. They are printed as a table and appended to benchmarks/results.jsonl.
 
     PYTHONPATH=src python benchmarks/bench_augment.py
 """
@@ -11,6 +14,7 @@ The figures are images per second on the CPU, printed as a table and appended to
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -85,47 +89,69 @@ class PILImages(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-def batched_throughput(recipe: str, images, labels, batch_size: int, epochs: int) -> float:
+def batched_epoch(recipe: str, images, labels, batch_size: int):
+    """A function that augments one epoch with the batched pipeline and returns the number of images."""
     augment = build_augmentation({"main": ViewSpec(ops=BATCHED[recipe])}, MEAN, STD)
     loader = InMemoryLoader(images, labels, batch_size, drop_last=True)
     gen = torch.Generator().manual_seed(0)
-    augment(*next(iter(loader)), gen)  # warm-up
-    start, seen = time.perf_counter(), 0
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        for batch in loader:
-            seen += len(augment(*batch, gen, epoch))
-    return seen / (time.perf_counter() - start)
+
+    def epoch() -> int:
+        return sum(len(augment(*batch, gen)) for batch in loader)
+
+    return epoch
 
 
-def per_image_throughput(recipe: str, images, labels, batch_size: int, epochs: int, workers: int) -> float:
+def per_image_epoch(recipe: str, images, labels, batch_size: int, workers: int):
+    """A function that augments one epoch with PIL transforms in a DataLoader and returns the number of images."""
     dataset = PILImages(images, labels, PER_IMAGE[recipe])
-    loader = DataLoader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True)
-    for _ in loader:  # warm-up: start the workers
-        pass
-    start, seen = time.perf_counter(), 0
-    for _ in range(epochs):
-        for batch, _ in loader:
-            seen += len(batch)
-    return seen / (time.perf_counter() - start)
+    loader = DataLoader(
+        dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
+
+    def epoch() -> int:
+        return sum(len(batch) for batch, _ in loader)
+
+    return epoch
+
+
+def rates(epoch) -> tuple[float, float]:
+    """Images per second of wall-clock time, and per second of this process's CPU time, for one epoch."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    seen = epoch()
+    return seen / (time.perf_counter() - wall), seen / (time.process_time() - cpu)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the data per measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="epochs timed per pipeline, alternating")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the per-image pipeline")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the batched pipeline")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     data = load_dataset("cifar10-sample", "train")
-    print(f"{'recipe':<12}{'batched img/s':>15}{'PIL img/s':>12}{'ratio':>8}")
+    header = ["recipe", "batched img/s", "PIL img/s", "ratio", "batched img/CPU-s", "PIL img/CPU-s", "ratio"]
+    print("".join(f"{h:>18}" for h in header))
     for recipe in BATCHED:
-        batched = batched_throughput(recipe, data.images, data.labels, args.batch_size, args.epochs)
-        per_image = per_image_throughput(recipe, data.images, data.labels, args.batch_size, args.epochs, args.workers)
-        print(f"{recipe:<12}{batched:>15,.0f}{per_image:>12,.0f}{batched / per_image:>7.1f}x")
-        figures = {"recipe": recipe, "data": repr(data), "batch_size": args.batch_size, "workers": args.workers}
-        figures |= {"batched_img_s": round(batched), "per_image_img_s": round(per_image)}
-        record("augment", figures | {"ratio": round(batched / per_image, 2)})
+        pipelines = [
+            batched_epoch(recipe, data.images, data.labels, args.batch_size),
+            per_image_epoch(recipe, data.images, data.labels, args.batch_size, args.workers),
+            per_image_epoch(recipe, data.images, data.labels, args.batch_size, workers=0),
+        ]
+        for epoch in pipelines:  # warm-up, and the workers start
+            epoch()
+        # Alternate the pipelines so that load from elsewhere on the machine hits all alike; take medians.
+        measured = [[rates(epoch) for epoch in pipelines] for _ in range(args.repeats)]
+        median = [[statistics.median(m[i][j] for m in measured) for j in range(2)] for i in range(3)]
+        (batched, batched_cpu), (per_image, _), (_, per_image_cpu) = median
+        figures = {"batched_img_s": batched, "per_image_img_s": per_image, "ratio": batched / per_image}
+        figures |= {"batched_img_cpu_s": batched_cpu, "per_image_img_cpu_s": per_image_cpu}
+        figures |= {"cpu_ratio": batched_cpu / per_image_cpu}
+        print(f"{recipe:>18}" + "".join(f"{v:>18,.1f}" if "ratio" in k else f"{v:>18,.0f}" for k, v in figures.items()))
+        figures = {k: round(v, 2) if "ratio" in k else round(v) for k, v in figures.items()}
+        setup = {"recipe": recipe, "data": repr(data), "batch_size": args.batch_size}
+        record("augment", setup | {"batched_threads": args.threads, "per_image_workers": args.workers} | figures)
 
 
 if __name__ == "__main__":
