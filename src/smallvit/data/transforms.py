@@ -126,6 +126,8 @@ def _apply_to(chosen: Tensor, fn: Callable[..., Tensor], images: Tensor, *per_sa
     idx = chosen.nonzero().squeeze(1)
     if len(idx) == 0:
         return images
+    if len(idx) == len(images):
+        return fn(images, *per_sample)
     return images.index_copy(0, idx, fn(images.index_select(0, idx), *(t.index_select(0, idx) for t in per_sample)))
 
 
@@ -189,6 +191,16 @@ def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
 def _brighten(images: Tensor, factor: Tensor) -> Tensor:
     """:func:`_blend` with black."""
     return (images * factor.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def _contrast(images: Tensor, factor: Tensor) -> Tensor:
+    """:func:`_blend` with each sample's mean grey."""
+    return _blend(images, _gray(images).mean((1, 2, 3), keepdim=True), factor)
+
+
+def _saturate(images: Tensor, factor: Tensor) -> Tensor:
+    """:func:`_blend` with each pixel's grey."""
+    return _blend(images, _gray(images), factor)
 
 
 def _shift_hue(images: Tensor, shift: Tensor) -> Tensor:
@@ -366,30 +378,28 @@ class ColorJitter:
         hue: float | Sequence[float] = 0.0,
         p: float = 1.0,
     ):
-        self.brightness = _jitter_range(brightness, "brightness", 1.0)
-        self.contrast = _jitter_range(contrast, "contrast", 1.0)
-        self.saturation = _jitter_range(saturation, "saturation", 1.0)
-        self.hue = _jitter_range(hue, "hue", 0.0)
-        if self.hue and not -0.5 <= self.hue[0] <= self.hue[1] <= 0.5:
+        hue_range = _jitter_range(hue, "hue", 0.0)
+        if hue_range and not -0.5 <= hue_range[0] <= hue_range[1] <= 0.5:
             raise ValueError(f"hue must lie in [-0.5, 0.5], got {hue}")
+        ranges = {
+            _brighten: _jitter_range(brightness, "brightness", 1.0),
+            _contrast: _jitter_range(contrast, "contrast", 1.0),
+            _saturate: _jitter_range(saturation, "saturation", 1.0),
+            _shift_hue: hue_range,
+        }
+        self.ranges = {adjust: bounds for adjust, bounds in ranges.items() if bounds}
         self.p = _probability(p)
 
     def __call__(self, view: View, gen: torch.Generator) -> View:
-        x = view.images
-        chosen = _coin(gen, len(x), self.p)
+        n = len(view.images)
+        chosen = _coin(gen, n, self.p)
+        factors = [_uniform(gen, *bounds, n) for bounds in self.ranges.values()]
+        return view.replace(images=_apply_to(chosen, self._jitter, view.images, *factors))
 
-        def factor(bounds: tuple[float, float], identity: float) -> Tensor:
-            return torch.where(chosen, _uniform(gen, *bounds, len(x)), identity)
-
-        if self.brightness:
-            x = _brighten(x, factor(self.brightness, 1.0))
-        if self.contrast:
-            x = _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), factor(self.contrast, 1.0))
-        if self.saturation:
-            x = _blend(x, _gray(x), factor(self.saturation, 1.0))
-        if self.hue:
-            x = _shift_hue(x, factor(self.hue, 0.0))
-        return view.replace(images=x)
+    def _jitter(self, images: Tensor, *factors: Tensor) -> Tensor:
+        for adjust, factor in zip(self.ranges, factors, strict=True):
+            images = adjust(images, factor)
+        return images
 
 
 @register_op("grayscale")
@@ -518,8 +528,8 @@ _PIXEL_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "posterize": lambda x, level: _posterize(x, 4 - (4 * level.abs()).floor()),
     "solarize": lambda x, level: _solarize(x, 256 - (256 * level.abs()).floor()),
     "solarize_add": lambda x, level: _solarize_add(x, (110 * level.abs()).floor()),
-    "color": lambda x, level: _blend(x, _gray(x), _enhance(level)),
-    "contrast": lambda x, level: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), _enhance(level)),
+    "color": lambda x, level: _saturate(x, _enhance(level)),
+    "contrast": lambda x, level: _contrast(x, _enhance(level)),
     "brightness": lambda x, level: _brighten(x, _enhance(level)),
     "sharpness": lambda x, level: _blend(x, _smooth(x), _enhance(level)),
 }
@@ -657,8 +667,11 @@ class RandomErasing:
         n, _, height, width = x.shape
         top, left, h, w, fits = _sample_boxes(gen, n, height, width, self.scale, self.ratio)
         erase = box_mask(top, left, top + h, left + w, height, width)
-        erase = (erase & (_coin(gen, n, self.p) & fits).view(-1, 1, 1, 1)).expand_as(x)
-        if self.value != "random":
-            return view.replace(images=x.masked_fill(erase, float(self.value)))
-        noise = torch.randn(int(erase.sum()), generator=gen, device=gen.device, dtype=x.dtype)
-        return view.replace(images=x.masked_scatter(erase, noise))
+        return view.replace(images=_apply_to(_coin(gen, n, self.p) & fits, partial(self._erase, gen=gen), x, erase))
+
+    def _erase(self, images: Tensor, erase: Tensor, gen: torch.Generator) -> Tensor:
+        if self.value == "random":
+            value = torch.randn(images.shape, generator=gen, device=gen.device, dtype=images.dtype)
+        else:
+            value = images.new_tensor(float(self.value))
+        return torch.where(erase, value, images)
