@@ -17,7 +17,7 @@ class Mix:
     """Pairing made by mixup/CutMix: sample ``i`` is ``lam[i]`` of itself and ``1 - lam[i]`` of ``partner[i]``.
 
     Objectives turn this into ``lam * CE(y) + (1 - lam) * CE(y[partner])`` for whatever target they use
-    (class labels or instance indices), see :func:`smallvit.objectives.losses.mixed_cross_entropy`.
+    (class labels or instance indices), see :func:`smallvit.data.mixing.mixed_cross_entropy`.
     """
 
     partner: Tensor  # int64 [B], index into the same view

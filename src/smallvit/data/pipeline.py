@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from smallvit.data import patch_ops  # noqa: F401  (registers RelViT's patch-level ops beside transforms' ops)
 from smallvit.data.batch import Batch, View
 from smallvit.data.mixing import MixConfig, apply_mix
 from smallvit.data.transforms import OPS, Op, build_op

@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from smallvit.data import patch_ops  # noqa: F401  (registers per_patch_augment, patch_shuffle, mega_patches)
 from smallvit.data.batch import View
 from smallvit.errors import ConfigError
 from smallvit.objectives.base import (
