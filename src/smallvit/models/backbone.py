@@ -42,6 +42,18 @@ PRESETS: dict[str, Preset] = {
     "vit_base": Preset(
         "vit_base_patch16_224", "vit", dict(embed_dim=768, depth=12, num_heads=12), "768-d, 12 layers, 12 heads"
     ),
+    "swin_lite": Preset(
+        "swin_tiny_patch4_window7_224",
+        "swin",
+        dict(embed_dim=64, depths=(2, 2, 4), num_heads=(2, 4, 8), window_size=4, mlp_ratio=2.0),
+        "Swin for 32-64 px, patch 2: 3 stages 64/128/256-d, depths 2-2-4, window 4 (2.6 M params, like vit_lite)",
+    ),
+    "swin_tiny": Preset(
+        "swin_tiny_patch4_window7_224",
+        "swin",
+        dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=4),
+        "Swin-T widths and depths (96-d, 2-2-6-2) with window 4, for 64 px images at patch 2",
+    ),
 }
 
 
@@ -142,6 +154,18 @@ def build_backbone(
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown backbone preset '{preset}': choose one of {', '.join(PRESETS)}")
+    if PRESETS[preset].family == "swin":
+        from smallvit.models.swin import build_swin  # swin.py imports this module
+
+        return build_swin(
+            PRESETS[preset],
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            relative_position_bias=pos_embed,
+            drop_path=drop_path,
+            **overrides,
+        )
     if patch_size <= 0 or img_size <= 0 or img_size % patch_size:
         raise ConfigError(
             f"image size {img_size} is not divisible by patch size {patch_size}: "

@@ -3,7 +3,13 @@
 Importing this package registers every objective.
 """
 
-from smallvit.objectives import relations, supervised  # noqa: F401  (registers)
+from smallvit.objectives import (  # noqa: F401  (registers)
+    drloc,
+    mae,
+    position_labels,
+    relations,
+    supervised,
+)
 from smallvit.objectives.base import (
     OBJECTIVES,
     Objective,
