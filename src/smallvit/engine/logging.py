@@ -74,8 +74,9 @@ def plot_curves(run_dir: Path) -> Path | None:
     accuracy_keys = sorted({k for r in evals for k in r if k.endswith("acc1")})
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["epoch"] for r in train], [r["train/loss"] for r in train], label="train loss", alpha=0.7)
-    if evals:
-        ax_loss.plot([r["epoch"] for r in evals], [r["eval/loss"] for r in evals], "o-", label="eval loss")
+    eval_losses = [(r["epoch"], r["eval/loss"]) for r in evals if "eval/loss" in r]
+    if eval_losses:
+        ax_loss.plot(*zip(*eval_losses), "o-", label="eval loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()

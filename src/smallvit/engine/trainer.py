@@ -257,7 +257,8 @@ def train(
             window_steps, window_images, window_start = 0, 0, time.perf_counter()
             for i, (images, labels, indices) in enumerate(loader):
                 epoch_float = epoch + i / steps_per_epoch
-                lr = warmup_cosine(epoch_float, tc.epochs, warmup, config.optim.lr, config.optim.min_lr)
+                # the learning rate is that at the end of this step, so warm-up's first step is not wasted at lr 0
+                lr = warmup_cosine(epoch_float + 1 / steps_per_epoch, tc.epochs, warmup, config.optim.lr, config.optim.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 weights = objective_weights(config, epoch_float)
