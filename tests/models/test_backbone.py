@@ -75,8 +75,12 @@ def test_bad_geometry_and_preset_are_config_errors():
 
 
 def test_all_presets_build():
-    for name in PRESETS:
-        assert build_backbone(name, img_size=16, patch_size=8, depth=1).embed_dim > 0
+    for name, preset in PRESETS.items():
+        if preset.family == "vit":
+            backbone, size = build_backbone(name, img_size=16, patch_size=8, depth=1), 16
+        else:
+            backbone, size = build_backbone(name, img_size=32, patch_size=2, depths=(1, 1, 1)), 32
+        assert backbone(torch.zeros(1, 3, size, size)).pooled.shape[-1] == backbone.embed_dim
 
 
 def test_pos_embed_resize_keeps_aligned_corners_and_loads():
@@ -132,3 +136,12 @@ def test_export_without_head_gives_features_in_timm(tmp_path):
     export_timm(backbone, tmp_path)
     images = torch.randn(2, 3, 32, 32)
     assert torch.allclose(create_timm_model(tmp_path).eval()(images), backbone(images).pooled, atol=1e-5)
+
+
+def test_swin_export_with_classifier_loads_in_timm(tmp_path):
+    backbone = build_backbone("swin_lite", img_size=32, patch_size=2, depths=(1, 1, 1)).eval()
+    head = {"head.weight": torch.randn(10, backbone.embed_dim), "head.bias": torch.randn(10)}
+    export_timm(backbone, tmp_path, head=head)
+    images = torch.randn(2, 3, 32, 32)
+    expected = backbone(images).pooled @ head["head.weight"].T + head["head.bias"]
+    assert torch.allclose(create_timm_model(tmp_path).eval()(images), expected, atol=1e-4)

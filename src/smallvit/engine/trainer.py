@@ -279,7 +279,8 @@ def train(
                     record.update(kind="train", step=step, epoch=round(epoch_float + 1 / steps_per_epoch, 4), lr=lr)
                     record["train/images_per_s"] = rate
                     log.write(record)
-                    acc = next((v for k, v in record.items() if k.endswith("/acc1")), None)
+                    accuracies = [k for k in record if k.endswith("/acc1")]
+                    acc = record.get("train/supervised/acc1", record[accuracies[0]] if accuracies else None)
                     stats = f"loss {record['train/loss']:.3f}" + (f"  acc {acc:.3f}" if acc is not None else "")
                     progress.update(task, stats=f"{stats}  {rate:.0f} img/s")
                     if quiet and i == steps_per_epoch - 1 and ddp.is_main:

@@ -119,7 +119,8 @@ def export_timm(
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
     model_args = dict(backbone.model_args)
     if head:
-        state.update({k: v.detach().cpu().contiguous() for k, v in head.items()})
+        classifier = backbone.model.pretrained_cfg.get("classifier", "head")  # "head" for ViT, "head.fc" for Swin
+        state.update({f"{classifier}.{k.split('.')[-1]}": v.detach().cpu().contiguous() for k, v in head.items()})
         model_args["num_classes"] = head["head.weight"].shape[0]
     overlay = {"num_classes": model_args["num_classes"], "input_size": [model_args["in_chans"], *[model_args["img_size"]] * 2]}
     if mean is not None and std is not None:

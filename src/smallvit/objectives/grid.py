@@ -11,6 +11,11 @@ import torch
 from torch import Tensor
 
 
+def token_index(h: int, w: int) -> Tensor:
+    """[h·w] int64: each token's row-major grid index (the absolute-position class of RelViT and APL)."""
+    return torch.arange(h * w)
+
+
 def grid_coords(h: int, w: int) -> Tensor:
     """[h·w, 2] (row, column) of every token, row-major."""
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")

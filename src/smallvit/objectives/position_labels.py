@@ -47,13 +47,11 @@ from smallvit.objectives.grid import (
     sample_pairs,
     sampled_pair_labels,
     take_tokens,
+    token_index,
     token_labels,
 )
 
-
-def absolute_labels(h: int, w: int) -> Tensor:
-    """[h·w] class of every token of an h × w grid: its row-major index."""
-    return torch.arange(h * w)
+absolute_labels = token_index  # [h·w]: APL's class of every token is its row-major index
 
 
 def relative_label_count(h: int, w: int) -> int:

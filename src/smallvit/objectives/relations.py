@@ -66,6 +66,7 @@ from smallvit.objectives.grid import (
     sample_pairs,
     sampled_pair_labels,
     take_tokens,
+    token_index,
     token_labels,
 )
 
@@ -79,9 +80,7 @@ def relation_labels(h: int, w: int) -> Tensor:
     return 3 * (offsets[..., 0].sign() + 1) + (offsets[..., 1].sign() + 1)
 
 
-def abs_position_labels(h: int, w: int) -> Tensor:
-    """[h·w] int64: each token's row-major grid index."""
-    return torch.arange(h * w)
+abs_position_labels = token_index  # [h·w]: each token's row-major grid index is its class
 
 
 def _to_unit_range(values: Tensor) -> Tensor:
