@@ -5,6 +5,7 @@ Importing this package registers every objective.
 
 from smallvit.objectives import (  # noqa: F401  (registers)
     drloc,
+    instance_discrimination,
     mae,
     position_labels,
     relations,
