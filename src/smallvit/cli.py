@@ -52,8 +52,8 @@ def _print_summary(summaries: list[dict]) -> None:
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
-    epilog="Examples:\n\n  smallvit train quickstart\n\n  smallvit train supervised-cifar10 epochs=50 data.subset.per_class=204"
-    "\n\n  smallvit train --resume runs/quickstart-20261125-120000",
+    epilog="Examples:\n\n  smallvit train quickstart\n\n  smallvit train supervised dataset=cifar10-jpeg epochs=50"
+    " data.subset.per_class=204\n\n  smallvit train --resume runs/quickstart-20261125-120000",
 )
 def train(
     recipe: Annotated[str | None, typer.Argument(help="Recipe name (see `smallvit recipes`) or a .yaml path.")] = None,

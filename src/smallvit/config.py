@@ -7,6 +7,7 @@ inherits another recipe and deep-merges this file's keys over it, so ablation ro
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -108,7 +109,9 @@ class RunConfig(Strict):
     data: DataConfig = DataConfig()
     augment: dict[str, ViewSpec] = {"main": ViewSpec(ops=[{"op": "random_crop", "padding": 4}, {"op": "hflip"}])}
     model: ModelConfig = ModelConfig()
-    objectives: list[SerializeAsAny[ObjectiveConfig]] = Field(default_factory=lambda: [parse_objective_config({"name": "supervised"})])
+    objectives: list[SerializeAsAny[ObjectiveConfig]] = Field(
+        default_factory=lambda: [parse_objective_config({"name": "supervised"})]
+    )
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 
@@ -218,26 +221,27 @@ def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
     return parsed
 
 
+def _index(node: dict | list, key: str, dotted: str) -> str | int:
+    """``key`` as a checked list index when ``node`` is a list, else unchanged."""
+    if not isinstance(node, list):
+        return key
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override '{dotted}': '{key}' is not an index below {len(node)}")
+    return int(key)
+
+
 def apply_overrides(raw: dict, overrides: list[tuple[list[str], Any]]) -> dict:
     """Set each dotted key in a copy of ``raw``; list items are addressed by index (``objectives.1.weight``)."""
-    raw = _deep_merge(raw, {})
+    raw = copy.deepcopy(raw)
     for keys, value in overrides:
+        dotted = ".".join(keys)
         node = raw
-        for i, key in enumerate(keys[:-1]):
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise ConfigError(f"override '{'.'.join(keys)}': '{key}' is not an index below {len(node)}")
-                key = int(key)
-            elif not isinstance(node.get(key), (dict, list)):
+        for key in keys[:-1]:
+            key = _index(node, key, dotted)
+            if isinstance(node, dict) and not isinstance(node.get(key), (dict, list)):
                 node[key] = {}
-            node[key] = _deep_merge(node[key], {}) if isinstance(node[key], dict) else list(node[key])
             node = node[key]
-        last = keys[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"override '{'.'.join(keys)}': '{last}' is not an index below {len(node)}")
-            last = int(last)
-        node[last] = value
+        node[_index(node, keys[-1], dotted)] = value
     return raw
 
 

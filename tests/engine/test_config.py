@@ -12,7 +12,9 @@ def test_every_shipped_recipe_validates():
 
 
 def test_overrides_with_aliases_types_and_list_indices():
-    recipe = load_recipe("quickstart", ["epochs=3", "train.batch_size=64", "objectives.0.label_smoothing=0.2", "dataset=cifar10-jpeg"])
+    recipe = load_recipe(
+        "quickstart", ["epochs=3", "train.batch_size=64", "objectives.0.label_smoothing=0.2", "dataset=cifar10-jpeg"]
+    )
     stage = recipe.stages[0]
     assert stage.train.epochs == 3 and stage.train.batch_size == 64
     assert stage.objectives[0].label_smoothing == 0.2

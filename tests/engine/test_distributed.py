@@ -21,5 +21,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
     assert 0.0 <= summary["final"]["eval/supervised/acc1"] <= 1.0
-    steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert max(steps) == 2  # 100 images, 25 per rank and step, 2 ranks

@@ -162,8 +162,12 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
     data = config.data
     info = get_dataset_info(data.dataset)
     image_size, img_size, patch_size = geometry(config)
-    train_set = load_dataset(data.dataset, data.train_split, root=data.root, image_size=image_size, in_chans=data.in_chans)
-    eval_set = load_dataset(data.dataset, data.eval_split, root=data.root, image_size=image_size, in_chans=data.in_chans)
+    train_set = load_dataset(
+        data.dataset, data.train_split, root=data.root, image_size=image_size, in_chans=data.in_chans
+    )
+    eval_set = load_dataset(
+        data.dataset, data.eval_split, root=data.root, image_size=image_size, in_chans=data.in_chans
+    )
     subset_indices = None
     if data.subset is not None:
         subset_indices = stratified_subset(train_set.labels, **data.subset.model_dump())

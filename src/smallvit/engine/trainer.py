@@ -258,11 +258,15 @@ def train(
             for i, (images, labels, indices) in enumerate(loader):
                 epoch_float = epoch + i / steps_per_epoch
                 # the learning rate is that at the end of this step, so warm-up's first step is not wasted at lr 0
-                lr = warmup_cosine(epoch_float + 1 / steps_per_epoch, tc.epochs, warmup, config.optim.lr, config.optim.min_lr)
+                lr = warmup_cosine(
+                    epoch_float + 1 / steps_per_epoch, tc.epochs, warmup, config.optim.lr, config.optim.min_lr
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 weights = objective_weights(config, epoch_float)
-                loss, metrics = optimizer_step(exp, train_model, optimizer, (images, labels, indices), gen, epoch, weights)
+                loss, metrics = optimizer_step(
+                    exp, train_model, optimizer, (images, labels, indices), gen, epoch, weights
+                )
                 if ema is not None:
                     ema.update(model, step=step)
                 step += 1
@@ -323,7 +327,9 @@ def train(
                     "metrics": eval_metrics,
                     "optimizer": optim_meta,
                 }
-                save_checkpoint(checkpoints / "last.safetensors", {**weights_only, **optim_tensors, **rng_tensors()}, state)
+                save_checkpoint(
+                    checkpoints / "last.safetensors", {**weights_only, **optim_tensors, **rng_tensors()}, state
+                )
                 if improved:
                     save_checkpoint(checkpoints / "best.safetensors", weights_only, state)
 
@@ -332,7 +338,9 @@ def train(
     if not ddp.is_main:
         return {}
     wall = time.perf_counter() - started
-    _, best_state = load_checkpoint(checkpoints / "best.safetensors") if (checkpoints / "best.safetensors").exists() else (None, {})
+    _, best_state = (
+        load_checkpoint(checkpoints / "best.safetensors") if (checkpoints / "best.safetensors").exists() else (None, {})
+    )
     summary = {
         "name": config.name,
         "run_dir": str(run_dir),
@@ -344,7 +352,11 @@ def train(
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
         "device": device_name(device),
         "precision": tc.precision,
-        "versions": {"smallvit": smallvit.__version__, "torch": torch.__version__, "timm": __import__("timm").__version__},
+        "versions": {
+            "smallvit": smallvit.__version__,
+            "torch": torch.__version__,
+            "timm": __import__("timm").__version__,
+        },
     }
     if resume:
         summary["resumed"] = True

@@ -122,11 +122,19 @@ def export_timm(
         classifier = backbone.model.pretrained_cfg.get("classifier", "head")  # "head" for ViT, "head.fc" for Swin
         state.update({f"{classifier}.{k.split('.')[-1]}": v.detach().cpu().contiguous() for k, v in head.items()})
         model_args["num_classes"] = head["head.weight"].shape[0]
-    overlay = {"num_classes": model_args["num_classes"], "input_size": [model_args["in_chans"], *[model_args["img_size"]] * 2]}
+    overlay = {
+        "num_classes": model_args["num_classes"],
+        "input_size": [model_args["in_chans"], *[model_args["img_size"]] * 2],
+    }
     if mean is not None and std is not None:
         overlay.update(mean=list(mean), std=list(std))
     save_file(state, str(output_dir / "model.safetensors"))
-    config = {"architecture": backbone.arch, "model_args": model_args, "pretrained_cfg_overlay": overlay, **(extra or {})}
+    config = {
+        "architecture": backbone.arch,
+        "model_args": model_args,
+        "pretrained_cfg_overlay": overlay,
+        **(extra or {}),
+    }
     (output_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return output_dir / "model.safetensors"
 
@@ -137,4 +145,6 @@ def create_timm_model(export_dir: Path):
 
     config = json.loads((Path(export_dir) / "config.json").read_text())
     overlay = dict(config["pretrained_cfg_overlay"], file=str(Path(export_dir) / "model.safetensors"))
-    return timm.create_model(config["architecture"], pretrained=True, pretrained_cfg_overlay=overlay, **config["model_args"])
+    return timm.create_model(
+        config["architecture"], pretrained=True, pretrained_cfg_overlay=overlay, **config["model_args"]
+    )
