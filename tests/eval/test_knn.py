@@ -27,8 +27,6 @@ TINY_IDMM = [
 def _isolated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
-    # The engine's curve plot expects an evaluation loss, which pre-training objectives do not have.
-    monkeypatch.setattr("smallvit.engine.trainer.plot_curves", lambda run_dir: None)
 
 
 def test_separable_toy_features_are_classified_perfectly():

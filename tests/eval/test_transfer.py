@@ -19,8 +19,6 @@ TINY = ["epochs=1", "model.overrides.depth=1", "train.batch_size=20", "train.pre
 def _isolated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
-    # The engine's curve plot expects an evaluation loss, which pre-training objectives do not have.
-    monkeypatch.setattr("smallvit.engine.trainer.plot_curves", lambda run_dir: None)
 
 
 def test_pos_embed_7x7_interpolated_to_14x14_loads_into_a_timm_model_of_the_new_size():
