@@ -89,7 +89,9 @@ class TrainConfig(Strict):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(128, gt=0)
     accumulation: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware makes it faster (CUDA, CPUs with AMX), else fp32"
+    )
     compile: bool = False
     ema_decay: float | None = Field(None, gt=0, lt=1)
     eval_every: int = Field(1, ge=0, description="epochs between evaluations; 0: only at the end")
