@@ -26,6 +26,7 @@ from smallvit.engine.trainer import build_optimizer, objective_weights, optimize
 
 
 def time_steps(step, steps: int, warmup: int, batch_size: int) -> float:
+    """Images per second of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()
@@ -34,8 +35,18 @@ def time_steps(step, steps: int, warmup: int, batch_size: int) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def smallvit_step(precision: str, batch_size: int):
-    config = load_recipe("quickstart", [f"train.precision={precision}", f"train.batch_size={batch_size}"]).stages[0]
+def interleaved_medians(steps: dict, repeats: int, count: int, warmup: int, batch_size: int) -> dict[str, float]:
+    """Median images/s of each step function, timed in turn ``repeats`` times so machine noise hits all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            rates[name].append(time_steps(step, count, warmup, batch_size))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def smallvit_step(precision: str, batch_size: int, recipe: str = "quickstart"):
+    """One engine optimizer step of ``recipe``'s first stage on a fixed batch of the bundled sample."""
+    config = load_recipe(recipe, [f"train.precision={precision}", f"train.batch_size={batch_size}"]).stages[0]
     exp = build_experiment(config, torch.device("cpu"))
     optimizer = build_optimizer(exp.model, config)
     gen = torch.Generator().manual_seed(0)
@@ -73,11 +84,7 @@ def main() -> None:
     fp32, exp = smallvit_step("fp32", args.batch_size)
     bf16, _ = smallvit_step("bf16", args.batch_size)
     steps = {"handwritten_fp32": handwritten_step(exp, args.batch_size), "smallvit_fp32": fp32, "smallvit_bf16": bf16}
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            rates[name].append(time_steps(step, args.steps, args.warmup, args.batch_size))
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+    medians = interleaved_medians(steps, args.repeats, args.steps, args.warmup, args.batch_size)
     base = medians["handwritten_fp32"]
     figures = {
         "images_per_s": {k: round(v, 1) for k, v in medians.items()},

@@ -50,6 +50,18 @@ def _print_summary(summaries: list[dict]) -> None:
         console.print(Panel("\n".join(lines), title=f"[bold]{s.get('name')}[/bold]", expand=False))
 
 
+def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
+    """Train a loaded recipe into ``run_dir``; on Ctrl-C, say how to resume."""
+    from smallvit.engine.runner import run_recipe
+
+    try:
+        summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: continue with `smallvit train --resume {run_dir}`")
+        raise typer.Exit(130) from None
+    _print_summary(summaries)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
     epilog="Examples:\n\n  smallvit train quickstart\n\n  smallvit train supervised dataset=cifar10-jpeg epochs=50"
@@ -65,7 +77,7 @@ def train(
 ) -> None:
     """Train a recipe; with --resume, continue an interrupted run."""
     from smallvit.config import load_recipe
-    from smallvit.engine.runner import new_run_dir, resume_run, run_recipe
+    from smallvit.engine.runner import new_run_dir, resume_run
 
     if resume is not None:
         if recipe or overrides:
@@ -82,12 +94,7 @@ def train(
     else:
         run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] → {run_dir}")
-    try:
-        summaries = run_recipe(loaded, run_dir, quiet=quiet, console=console)
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted: continue with `smallvit train --resume {run_dir}`")
-        raise typer.Exit(130) from None
-    _print_summary(summaries)
+    _run_and_summarise(loaded, run_dir, quiet)
 
 
 @app.command(
@@ -106,7 +113,7 @@ def finetune(
     """Fine-tune a pre-trained run with a recipe: its first stage starts from RUN's backbone (model.init_from=RUN)."""
     from smallvit.config import load_recipe
     from smallvit.engine.experiment import resolve_checkpoint
-    from smallvit.engine.runner import new_run_dir, run_recipe
+    from smallvit.engine.runner import new_run_dir
 
     resolve_checkpoint(run)
     loaded = load_recipe(recipe, overrides or [])
@@ -114,12 +121,7 @@ def finetune(
     loaded.stages[0] = first.model_copy(update={"model": first.model.model_copy(update={"init_from": str(run)})})
     run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] from {run} → {run_dir}")
-    try:
-        summaries = run_recipe(loaded, run_dir, quiet=quiet, console=console)
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted: continue with `smallvit train --resume {run_dir}`")
-        raise typer.Exit(130) from None
-    _print_summary(summaries)
+    _run_and_summarise(loaded, run_dir, quiet)
 
 
 class _EvalGroup(TyperGroup):

@@ -220,32 +220,33 @@ class Relations(PairTask):
         return loss, {"acc": (scores.argmax(1) == targets).float().mean()}
 
 
+class PairRegression(PairTask):
+    """A pair task regressing one scalar per ordered pair with MSE (RelViT's distance and angle tasks)."""
+
+    num_scores = 1
+
+    def loss(self, scores: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        return F.mse_loss(scores.squeeze(1), targets), {}
+
+
 @register_objective
-class Distances(PairTask):
+class Distances(PairRegression):
     """Regression of the scaled grid distance of every ordered pair of patch tokens."""
 
     name = "distances"
-    num_scores = 1
 
     def targets(self, h: int, w: int) -> Tensor:
         return distance_targets(h, w)
 
-    def loss(self, scores: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        return F.mse_loss(scores.squeeze(1), targets), {}
-
 
 @register_objective
-class Angles(PairTask):
+class Angles(PairRegression):
     """Regression of the scaled angle between the grid-coordinate vectors of every ordered pair of patch tokens."""
 
     name = "angles"
-    num_scores = 1
 
     def targets(self, h: int, w: int) -> Tensor:
         return angle_targets(h, w)
-
-    def loss(self, scores: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        return F.mse_loss(scores.squeeze(1), targets), {}
 
 
 @register_objective
