@@ -2,6 +2,7 @@
 
 Every row of every table is declared in ``results/plan.yaml`` with the exact ``smallvit train`` arguments.
 ``python results/run.py run [IDS...]`` trains the runs that have no ``summary.json`` yet (under runs/results/);
+``python results/run.py probe`` adds kNN and linear-probe evaluations of every pre-training stage;
 ``python results/run.py collect`` copies each finished run's summaries into ``results/summaries/`` (kept in the
 repository) and writes the tables, with the command and device of every number, to ``results/RESULTS.md``.
 """
@@ -49,9 +50,33 @@ def final_metric(stages: list[dict], key: str) -> float | None:
     return stages[-1].get("final", {}).get(key)
 
 
-def first_metric(stages: list[dict], key: str) -> float | None:
-    """A metric of the first stage (e.g. kNN after pre-training), when the run has several stages."""
-    return stages[0].get("final", {}).get(key) if len(stages) > 1 else None
+def pretrain_stage(run_id: str) -> Path | None:
+    """The first stage's folder of a multi-stage run (where frozen-feature evaluations are made)."""
+    stages = sorted(p for p in (RUNS / run_id).glob("1-*") if p.is_dir())
+    return stages[0] if stages else None
+
+
+def probe(ids: list[str]) -> None:
+    """Linear probe (``smallvit eval linear``) on the pre-training stage of every finished multi-stage run."""
+    for entry in load_plan():
+        stage = pretrain_stage(entry["id"])
+        if (ids and entry["id"] not in ids) or stage is None or not (RUNS / entry["id"] / "summary.json").is_file():
+            continue
+        for kind in ("knn", "linear"):
+            print(f"$ smallvit eval {kind} {stage}", flush=True)
+            subprocess.run(["smallvit", "eval", kind, str(stage)], check=True, cwd=HERE.parent)
+
+
+def frozen_eval(run_id: str, kind: str) -> float | None:
+    """The last ``kind`` (knn or linear) top-1 logged for a run's pre-training stage (kept in results/summaries/)."""
+    stage = pretrain_stage(run_id)
+    log = stage / "evaluations.jsonl" if stage else None
+    if log and log.is_file():
+        found = [json.loads(line) for line in log.read_text().splitlines() if f'"kind": "{kind}"' in line]
+        if found:
+            return found[-1]["acc1"]
+    saved = SUMMARIES / f"{run_id}.json"
+    return json.loads(saved.read_text()).get(kind) if saved.is_file() else None
 
 
 def fmt(values: list[float]) -> str:
@@ -70,7 +95,8 @@ def collect() -> None:
         run_dir = RUNS / entry["id"]
         if (run_dir / "summary.json").is_file():
             stages = stage_summaries(run_dir)
-            (SUMMARIES / f"{entry['id']}.json").write_text(json.dumps({"entry": entry, "stages": stages}, indent=2))
+            saved = {"entry": entry, "stages": stages, **{k: frozen_eval(entry["id"], k) for k in ("knn", "linear")}}
+            (SUMMARIES / f"{entry['id']}.json").write_text(json.dumps(saved, indent=2))
         elif (SUMMARIES / f"{entry['id']}.json").is_file():
             stages = json.loads((SUMMARIES / f"{entry['id']}.json").read_text())["stages"]
         else:
@@ -90,8 +116,8 @@ def collect() -> None:
             if t != table:
                 continue
             top1 = [v for _, s in runs if (v := final_metric(s, "eval/supervised/acc1")) is not None]
-            knn = [v for _, s in runs if (v := first_metric(s, "eval/knn/acc1")) is not None]
-            linear = [v for e, _ in runs if (v := e.get("linear_probe")) is not None]
+            knn = [v for e, _ in runs if (v := frozen_eval(e["id"], "knn")) is not None]
+            linear = [v for e, _ in runs if (v := frozen_eval(e["id"], "linear")) is not None]
             wall = sum(sum(stage.get("wall_clock_s", 0) for stage in s) for _, s in runs) / len(runs)
             lines.append(f"| {label} | {len(runs)} | {fmt(top1)} | {fmt(knn)} | {fmt(linear)} | {wall:.0f} |")
         lines += ["", "Commands and devices:", ""]
@@ -108,6 +134,7 @@ def collect() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "collect"):
-        sys.exit("usage: python results/run.py run [IDS...] | collect")
-    run(sys.argv[2:]) if sys.argv[1] == "run" else collect()
+    commands = {"run": run, "probe": probe, "collect": lambda ids: collect()}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit("usage: python results/run.py run [IDS...] | probe [IDS...] | collect")
+    commands[sys.argv[1]](sys.argv[2:])
