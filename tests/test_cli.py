@@ -108,3 +108,12 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_without_best_metric_no_checkpoint_is_selected_on_the_eval_split(tmp_path):
+    run = _train(tmp_path, "pre", "train.best_metric=null")
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    assert not (run / "checkpoints" / "best.safetensors").exists()
+    assert json.loads((run / "summary.json").read_text())["best"]["value"] is None
+    result = CliRunner().invoke(app, ["eval", str(run)])  # falls back to the final weights
+    assert result.exit_code == 0, result.output

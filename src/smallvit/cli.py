@@ -50,6 +50,16 @@ def _print_summary(summaries: list[dict]) -> None:
         console.print(Panel("\n".join(lines), title=f"[bold]{s.get('name')}[/bold]", expand=False))
 
 
+def _stage(run: Path) -> Path:
+    """The folder a command reads: ``run`` itself, or the last stage of a multi-stage run (and say so)."""
+    from smallvit.engine.experiment import last_stage
+
+    stage = last_stage(run)
+    if stage != run:
+        console.print(f"{run} is a multi-stage run: using its last stage {stage.name} (give a stage folder to choose)")
+    return stage
+
+
 def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
     """Train a loaded recipe into ``run_dir``; on Ctrl-C, say how to resume."""
     from smallvit.engine.runner import run_recipe
@@ -115,6 +125,7 @@ def finetune(
     from smallvit.engine.experiment import resolve_checkpoint
     from smallvit.engine.runner import new_run_dir
 
+    run = _stage(run)
     resolve_checkpoint(run)
     loaded = load_recipe(recipe, overrides or [])
     first = loaded.stages[0]
@@ -139,21 +150,21 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("classify", epilog="Example:\n\n  smallvit eval runs/quickstart-20261125-120000 --split test")
 def eval_classify(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's eval split).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Top-1, top-5 and loss of a trained run on a split."""
     from smallvit.eval.classify import evaluate_run
 
-    metrics = evaluate_run(run, split=split, checkpoint=checkpoint)
+    metrics = evaluate_run(_stage(run), split=split, checkpoint=checkpoint)
     for key, value in metrics.items():
         console.print(f"{key}: {value:.4f}")
 
 
 @eval_app.command("knn", epilog="Example:\n\n  smallvit eval knn runs/idmm-pretrain-20261125-120000")
 def eval_knn(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
     split: Annotated[str | None, typer.Option(help="Query split (default: the recipe's eval split).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     k: Annotated[int, typer.Option(help="Neighbours that vote.")] = 20,
@@ -162,13 +173,13 @@ def eval_knn(
     """Weighted kNN top-1 on frozen features (training set as the bank); features cached in the run folder."""
     from smallvit.eval.knn import knn_evaluate_run
 
-    result = knn_evaluate_run(run, split=split, checkpoint=checkpoint, k=k, temperature=temperature)
+    result = knn_evaluate_run(_stage(run), split=split, checkpoint=checkpoint, k=k, temperature=temperature)
     console.print(f"knn/acc1 ({result['split']}, k={k}, T={temperature}): {result['acc1']:.4f}")
 
 
 @eval_app.command("linear", epilog="Example:\n\n  smallvit eval linear runs/idmm-pretrain-20261125-120000")
 def eval_linear(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's eval split).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     weight_decay: Annotated[
@@ -178,20 +189,20 @@ def eval_linear(
     """Linear-probe top-1 on frozen features (L-BFGS logistic regression); features cached in the run folder."""
     from smallvit.eval.linear import linear_probe_run
 
-    result = linear_probe_run(run, split=split, checkpoint=checkpoint, weight_decay=weight_decay)
+    result = linear_probe_run(_stage(run), split=split, checkpoint=checkpoint, weight_decay=weight_decay)
     console.print(f"linear/acc1 ({result['split']}, weight decay {result['weight_decay']:g}): {result['acc1']:.4f}")
 
 
 @app.command(epilog="Example:\n\n  smallvit export runs/quickstart-20261125-120000 --output exported/")
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
     output: Annotated[Path, typer.Option(help="Folder for model.safetensors and config.json.")],
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Write timm-loadable weights (model.safetensors + config.json) of a run's backbone and classifier."""
     from smallvit.eval.classify import export_run
 
-    path = export_run(run, output, checkpoint=checkpoint)
+    path = export_run(_stage(run), output, checkpoint=checkpoint)
     console.print(f"wrote {path} and {path.parent / 'config.json'}")
 
 

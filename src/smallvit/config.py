@@ -97,7 +97,11 @@ class TrainConfig(Strict):
     eval_every: int = Field(1, ge=0, description="epochs between evaluations; 0: only at the end")
     knn_every: int = Field(0, ge=0, description="epochs between online kNN evaluations; 0: off")
     log_every: int = Field(10, gt=0, description="optimizer steps between metric log lines")
-    best_metric: str = "eval/supervised/acc1"
+    best_metric: str | None = Field(
+        "eval/supervised/acc1",
+        description="metric that picks checkpoints/best.safetensors on data.eval_split; None: no selection, the final "
+        "weights are the run's result (pre-training recipes, so the test split never chooses a checkpoint)",
+    )
     best_mode: Literal["max", "min"] = "max"
     seed: int = 0
     device: str = "auto"

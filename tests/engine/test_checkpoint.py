@@ -8,6 +8,7 @@ from smallvit.engine.checkpoint import (
     rng_tensors,
     save_checkpoint,
 )
+from smallvit.engine.experiment import last_stage, resolve_checkpoint
 
 
 def _trained_optimizer(model):
@@ -60,3 +61,16 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         pass
     tensors, state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))
+
+
+def test_a_multi_stage_run_folder_resolves_to_its_last_stage(tmp_path):
+    run = tmp_path / "relvit"
+    for stage in ("1-relvit-pretrain", "2-relvit-finetune", "10-extra"):
+        (run / stage / "checkpoints").mkdir(parents=True)
+        (run / stage / "config.yaml").write_text("{}")
+        (run / stage / "checkpoints" / "last.safetensors").write_bytes(b"")
+    (run / "recipe.yaml").write_text("{}")
+    assert last_stage(run) == run / "10-extra"  # by stage number, not by name
+    assert resolve_checkpoint(run) == run / "10-extra" / "checkpoints" / "last.safetensors"
+    single = run / "1-relvit-pretrain"
+    assert last_stage(single) == single and resolve_checkpoint(single).parent.parent == single

@@ -88,3 +88,19 @@ def test_finetune_needs_a_checkpoint(tmp_path):
     result = CliRunner().invoke(app, ["finetune", str(tmp_path / "missing"), "--recipe", "idmm-finetune"])
     assert result.exit_code != 0
     assert "no checkpoint found" in str(result.exception)
+
+
+@pytest.mark.parametrize("source_chans, target_chans", [(3, 1), (1, 3)])
+def test_patch_embedding_adapts_between_rgb_and_grayscale_so_gray_images_embed_alike(source_chans, target_chans):
+    """RGB -> grayscale sums the colour kernels, grayscale -> RGB repeats the kernel / 3 (timm adapt_input_conv):
+    either way a gray image embeds as it did before, whether given as 1 channel or as 3 equal ones."""
+    torch.manual_seed(0)
+    source = build_backbone("vit_lite", img_size=16, patch_size=4, depth=1, in_chans=source_chans)
+    target = build_backbone("vit_lite", img_size=16, patch_size=4, depth=1, in_chans=target_chans)
+    report = load_backbone_weights(target, source.model.state_dict())
+    assert report.resized == ["patch_embed.proj.weight"] and not report.initialised
+    gray = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        before = source.model.patch_embed(gray.expand(-1, source_chans, -1, -1))
+        after = target.model.patch_embed(gray.expand(-1, target_chans, -1, -1))
+    assert torch.allclose(before, after, atol=1e-5)

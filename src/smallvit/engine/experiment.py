@@ -88,9 +88,18 @@ def geometry(config: RunConfig) -> tuple[int, int, int]:
     return image_size, img_size, patch_size
 
 
+def last_stage(run_dir: Path) -> Path:
+    """The folder of a multi-stage run's last stage (``2-relvit-finetune/``); any other path unchanged."""
+    if not (run_dir / "recipe.yaml").is_file() or (run_dir / "config.yaml").is_file():
+        return run_dir
+    stages = [p for p in run_dir.iterdir() if (p / "config.yaml").is_file() and p.name.split("-")[0].isdigit()]
+    return max(stages, key=lambda p: int(p.name.split("-")[0]), default=run_dir)
+
+
 def resolve_checkpoint(path_or_run: str | Path) -> Path:
-    """A run folder (its best, else last checkpoint), an export folder, or a .safetensors file."""
-    path = Path(path_or_run)
+    """A run folder (its best, else last checkpoint; a multi-stage run's last stage), an export folder, or a
+    .safetensors file."""
+    path = last_stage(Path(path_or_run))
     for candidate in (
         path / "checkpoints" / "best.safetensors",
         path / "checkpoints" / "last.safetensors",
@@ -138,8 +147,17 @@ def _check_view_sizes(augment: Augmentation, images: Tensor, img_size: int) -> N
 
 
 def _check_recipe(config: RunConfig, has_labels: bool) -> None:
-    keys = {o.name for o in config.objectives}
+    _check_best_metric(config)
+    for objective in config.objectives:
+        if OBJECTIVES[objective.name].requires_labels and not has_labels:
+            raise ConfigError(f"objective '{objective.name}' needs class labels, which this dataset does not have")
+
+
+def _check_best_metric(config: RunConfig) -> None:
     metric = config.train.best_metric
+    if metric is None:
+        return
+    keys = {o.name for o in config.objectives}
     parts = metric.split("/")
     known = parts[:1] == ["eval"] and (
         parts[1:] == ["loss"] or (len(parts) == 3 and (parts[1] in keys or parts[1] == "knn"))
@@ -147,13 +165,11 @@ def _check_recipe(config: RunConfig, has_labels: bool) -> None:
     if not known and not parts[1:2] == ["ema"]:
         raise ConfigError(
             f"train.best_metric={metric!r} names no metric this run produces: use eval/loss, "
-            f"eval/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}) or eval/knn/acc1"
+            f"eval/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}), eval/knn/acc1 "
+            "or null (keep the final weights)"
         )
     if parts[1:2] == ["knn"] and not config.train.knn_every:
         raise ConfigError(f"train.best_metric={metric!r} needs online kNN: set train.knn_every (e.g. 5)")
-    for objective in config.objectives:
-        if OBJECTIVES[objective.name].requires_labels and not has_labels:
-            raise ConfigError(f"objective '{objective.name}' needs class labels, which this dataset does not have")
 
 
 def build_experiment(config: RunConfig, device: torch.device | None = None, load_init: bool = True) -> Experiment:

@@ -326,7 +326,7 @@ def train(
                 weights_only = prefixed("model.", model.state_dict())
                 if ema is not None:
                     weights_only.update(prefixed("ema.", ema.module.state_dict()))
-                value = eval_metrics.get(tc.best_metric)
+                value = eval_metrics.get(tc.best_metric) if tc.best_metric else None
                 improved = value is not None and do_eval and _better(value, best, tc.best_mode)
                 if improved:
                     best = value

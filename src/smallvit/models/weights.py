@@ -2,7 +2,8 @@
 
 All shape adaptation lives here (as timm keeps it in ``checkpoint_filter_fn``): position embeddings are
 resampled bicubically with timm's ``resample_abs_pos_embed``, patch-embedding kernels with
-``resample_patch_embed``; keys the target lacks are dropped, keys the source lacks stay freshly initialised.
+``resample_patch_embed`` and their input channels (RGB <-> grayscale) with ``adapt_input_conv``; keys the
+target lacks are dropped, keys the source lacks stay freshly initialised.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.models import adapt_input_conv
 from torch import Tensor
 
 from smallvit.models.backbone import ViTBackbone
@@ -59,8 +61,12 @@ def _adapt(key: str, value: Tensor, target: Tensor, source_state: dict, target_p
         if prefix.shape[1] < target_prefix:
             prefix = torch.cat([target[:, : target_prefix - prefix.shape[1]], prefix], dim=1)
         return torch.cat([prefix, patches], dim=1)
-    if key == "patch_embed.proj.weight" and value.shape[:2] == target.shape[:2]:
-        return resample_patch_embed(value, list(target.shape[-2:]))
+    if key == "patch_embed.proj.weight" and value.shape[0] == target.shape[0]:
+        if value.shape[1] != target.shape[1]:  # grayscale sums the RGB kernels; RGB repeats a grayscale one / 3
+            value = adapt_input_conv(target.shape[1], value, base_chans=value.shape[1])
+        if value.shape[-2:] != target.shape[-2:]:
+            value = resample_patch_embed(value, list(target.shape[-2:]))
+        return value
     return None
 
 
