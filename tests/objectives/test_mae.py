@@ -3,6 +3,8 @@ import torch
 
 from smallvit.config import load_recipe
 from smallvit.data.batch import Batch, View
+from smallvit.engine.experiment import build_experiment
+from smallvit.engine.trainer import evaluate
 from smallvit.errors import ConfigError
 from smallvit.models import build_backbone
 from smallvit.objectives import ObjectiveSetup, StepContext, build_objective, parse_objective_config
@@ -131,3 +133,14 @@ def test_recipes_pretrain_then_finetune():
     pretrain = mae_apl.stages[0]
     assert not pretrain.model.pos_embed and pretrain.objectives[0].position_labels[0].kind == "apl"
     assert mae.stages[0].model.pos_embed and mae.stages[1].model.init_from == "previous"
+
+
+def test_evaluation_draws_the_same_masks_every_time_and_leaves_the_training_rng_alone():
+    stage = load_recipe("mae-pretrain", ["data.subset.total=20", "data.eval_subset.total=10", "precision=fp32"])
+    exp = build_experiment(stage.stages[0], torch.device("cpu"), load_init=False)
+    torch.manual_seed(1)
+    state = torch.random.get_rng_state()
+    first = evaluate(exp, exp.model)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(2)
+    assert evaluate(exp, exp.model) == first
