@@ -46,12 +46,17 @@ def test_train_eval_export_reload_in_timm(tmp_path):
     assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "checkpoints" / "last.json").is_file()
     assert list((run / "tensorboard").iterdir())
     summary = json.loads((run / "summary.json").read_text())
-    assert 0.0 <= summary["final"]["eval/supervised/acc1"] <= 1.0 and summary["images_per_s"] > 0
+    assert summary["images_per_s"] > 0
+    assert {"val/supervised/acc1", "test/supervised/acc1"} <= set(summary["final"])
     assert len(json.loads((run / "subset_indices.json").read_text())["train"]) == 200
+    splits = summary["provenance"]["splits"]
+    assert (splits["train"]["images"], splits["val"]["images"], splits["test"]["images"]) == (200, 100, 100)
+    assert summary["provenance"]["recipe"] == "quickstart" and summary["provenance"]["seed"] == 0
 
-    result = CliRunner().invoke(app, ["eval", str(run), "--checkpoint", "last"])
-    assert result.exit_code == 0, result.output
-    assert f"eval/supervised/acc1: {summary['final']['eval/supervised/acc1']:.4f}" in result.output
+    for split in ("test", "val"):  # re-evaluating the last weights reproduces the numbers the run reported
+        result = CliRunner().invoke(app, ["eval", str(run), "--checkpoint", "last", "--split", split])
+        assert result.exit_code == 0, result.output
+        assert f"{split}/supervised/acc1: {summary['final'][f'{split}/supervised/acc1']:.4f}" in result.output
 
     out = tmp_path / "export"
     result = CliRunner().invoke(app, ["export", str(run), "--output", str(out), "--checkpoint", "last"])
@@ -110,7 +115,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
-def test_without_best_metric_no_checkpoint_is_selected_on_the_eval_split(tmp_path):
+def test_without_best_metric_no_checkpoint_is_selected(tmp_path):
     run = _train(tmp_path, "pre", "train.best_metric=null")
     assert (run / "checkpoints" / "last.safetensors").is_file()
     assert not (run / "checkpoints" / "best.safetensors").exists()

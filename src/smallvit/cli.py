@@ -6,6 +6,7 @@ traceback).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def _print_summary(summaries: list[dict]) -> None:
     """One panel per stage: final accuracy, best checkpoint, speed and where the run folder is."""
     for s in summaries:
         final = s.get("final", {})
-        lines = [f"{k.removeprefix('eval/')}: {v:.4f}" for k, v in final.items() if k.endswith(("acc1", "acc5"))]
+        lines = [f"{k}: {v:.4f}" for k, v in final.items() if k.endswith(("acc1", "acc5"))]
         best = s.get("best", {})
         if best.get("value") is not None:
             lines.append(f"best {best['metric']} = {best['value']:.4f} at epoch {best.get('epoch')}")
@@ -63,11 +64,12 @@ def _stage(run: Path) -> Path:
 def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
     """Train a loaded recipe into ``run_dir``; on Ctrl-C, say how to resume."""
     from smallvit.engine.runner import run_recipe
+    from smallvit.engine.trainer import Interrupted
 
     try:
         summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted: continue with `smallvit train --resume {run_dir}`")
+    except (KeyboardInterrupt, Interrupted) as err:
+        err_console.print(f"{err or 'interrupted'}: continue with `smallvit train --resume {run_dir}`")
         raise typer.Exit(130) from None
     _print_summary(summaries)
 
@@ -92,7 +94,13 @@ def train(
     if resume is not None:
         if recipe or overrides:
             raise SmallViTError("--resume continues a run with its saved config: drop the recipe and overrides")
-        _print_summary(resume_run(resume, quiet=quiet, console=console))
+        from smallvit.engine.trainer import Interrupted
+
+        try:
+            _print_summary(resume_run(resume, quiet=quiet, console=console))
+        except (KeyboardInterrupt, Interrupted) as err:
+            err_console.print(f"{err or 'interrupted'}: continue with `smallvit train --resume {resume}`")
+            raise typer.Exit(130) from None
         return
     if recipe is None:
         raise SmallViTError("no recipe given: run `smallvit recipes` to list them, e.g. `smallvit train quickstart`")
@@ -151,7 +159,7 @@ app.add_typer(eval_app, name="eval")
 @eval_app.command("classify", epilog="Example:\n\n  smallvit eval runs/quickstart-20261125-120000 --split test")
 def eval_classify(
     run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
-    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's eval split).")] = None,
+    split: Annotated[str | None, typer.Option(help="val, test (default) or another split of the dataset.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Top-1, top-5 and loss of a trained run on a split."""
@@ -160,12 +168,15 @@ def eval_classify(
     metrics = evaluate_run(_stage(run), split=split, checkpoint=checkpoint)
     for key, value in metrics.items():
         console.print(f"{key}: {value:.4f}")
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise SmallViTError(f"{bad[0]} is not finite: the checkpoint's weights are broken; evaluate another checkpoint")
 
 
 @eval_app.command("knn", epilog="Example:\n\n  smallvit eval knn runs/idmm-pretrain-20261125-120000")
 def eval_knn(
     run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
-    split: Annotated[str | None, typer.Option(help="Query split (default: the recipe's eval split).")] = None,
+    split: Annotated[str | None, typer.Option(help="Queries: val, test (default) or another split.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     k: Annotated[int, typer.Option(help="Neighbours that vote.")] = 20,
     temperature: Annotated[float, typer.Option(help="Vote weight exp(cosine / temperature).")] = 0.07,
@@ -180,7 +191,7 @@ def eval_knn(
 @eval_app.command("linear", epilog="Example:\n\n  smallvit eval linear runs/idmm-pretrain-20261125-120000")
 def eval_linear(
     run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
-    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's eval split).")] = None,
+    split: Annotated[str | None, typer.Option(help="val, test (default) or another split of the dataset.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 strength; default: chosen on a held-out fifth of the training set.")
@@ -243,12 +254,84 @@ def prepare(
     source: Annotated[Path | None, typer.Option(help="Local archive or folder to prepare from.")] = None,
     download: Annotated[bool, typer.Option(help="Download from the dataset's official URL.")] = False,
     root: Annotated[Path | None, typer.Option(help="Data root (default: $SMALLVIT_DATA).")] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check a --source file that bears an upstream file's name against its published checksum "
+            "(--no-verify: accept a repacked copy). Extracted folders cannot be checked; downloads always are.",
+        ),
+    ] = True,
 ) -> None:
     """Prepare a dataset from a local archive/folder or by downloading it."""
     from smallvit.data import prepare_dataset
 
-    path = prepare_dataset(dataset, source=source, root=root, download=download)
+    path = prepare_dataset(dataset, source=source, root=root, download=download, verify=verify)
     console.print(f"prepared {dataset} in {path}")
+
+
+@app.command(
+    epilog="Examples:\n\n  smallvit sweep results/sweeps/legacy-20ep.yaml --dry-run"
+    "\n\n  smallvit sweep my-sweep.yaml --only weak --only strong",
+)
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: runs (recipe + overrides) × seeds.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and time left; train nothing.")] = False,
+    runs_dir: Annotated[
+        Path | None, typer.Option("--runs-dir", help="Where the run folders go (default: the sweep's runs_dir).")
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Only this run of the sweep (repeatable).")] = None,
+) -> None:
+    """Train every run × seed of a sweep file, one process each, in order; rerun it to continue where it stopped."""
+    import shlex
+
+    from smallvit.sweep import load_sweep, plan_sweep, plan_table, plan_total, run_sweep
+
+    plan = plan_sweep(load_sweep(sweep_file), runs_dir=runs_dir, only=only)
+    console.print(plan_table(plan))
+    console.print(plan_total(plan))
+    if dry_run:
+        return
+    try:
+        run_sweep(plan, console=console)
+    except KeyboardInterrupt:
+        again = ["smallvit", "sweep", str(sweep_file), *(["--runs-dir", str(runs_dir)] if runs_dir else [])]
+        again += [arg for name in only or [] for arg in ("--only", name)]
+        err_console.print(f"interrupted: continue with `{shlex.join(again)}`", markup=False, highlight=False)
+        raise typer.Exit(130) from None
+
+
+@app.command(
+    epilog="Examples:\n\n  smallvit compare runs/sweeps/cifar10-sample-60ep --output results/cifar10-sample-60ep"
+    "\n\n  smallvit compare results/summaries --baseline quickstart --json",
+)
+def compare(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, summary.json files, sweep files, folders of runs.")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Row to measure gains against (default: the row a sweep marked baseline).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for report.md, accuracy.png, val_curves.png and copies of the runs.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+) -> None:
+    """Table of runs grouped by row: test/validation top-1 (mean ± std over seeds), gain over a baseline, speed."""
+    import json
+    import shlex
+
+    from smallvit.compare import collect_runs, compare_rows, rows_json, rows_table, write_report
+
+    rows, notes = compare_rows(collect_runs(paths), baseline=baseline)
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+    if as_json:
+        typer.echo(json.dumps(rows_json(rows), indent=2))
+    else:
+        console.print(rows_table(rows))
+    if output is not None:
+        command = ["smallvit", "compare", *map(str, paths), *(["--baseline", baseline] if baseline else [])]
+        written = write_report(rows, output, command=shlex.join([*command, "--output", str(output)]))
+        (err_console if as_json else console).print(f"wrote {', '.join(map(str, written))}", highlight=False)
 
 
 def main() -> None:

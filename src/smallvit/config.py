@@ -32,7 +32,9 @@ ALIASES = {
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors, and so are NaN and infinite numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SubsetConfig(Strict):
@@ -50,14 +52,27 @@ class SubsetConfig(Strict):
 
 
 class DataConfig(Strict):
+    """Which images train, which choose (validation) and which are only reported (test).
+
+    Every tuning decision — the best checkpoint, early comparisons, objective weights — reads the validation split:
+    the dataset's own (``val_split``, default: the dataset's, e.g. cifar10-sample ``val``), else ``val_fraction`` of
+    each training class held out with ``val_seed``. The test split is evaluated once, at the end of a stage.
+    """
+
     dataset: str = "cifar10-sample"
     root: str | None = None
     train_split: str = "train"
-    eval_split: str = "test"
+    val_split: str | None = Field(None, description="None: the dataset's own validation split, else carved")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held out per class when there is no val split")
+    val_seed: int = 0
+    test_split: str | None = Field(None, description="None: the dataset's test split; 'none': no test evaluation")
     image_size: int | None = Field(None, gt=0, description="storage and training resolution; None: dataset default")
     in_chans: Literal[1, 3] = 3
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error", description="an undecodable image: stop with an error naming it, or skip it (listed in the run folder)"
+    )
     subset: SubsetConfig | None = None
-    eval_subset: SubsetConfig | None = None
+    eval_subset: SubsetConfig | None = Field(None, description="subsample the validation and test splits")
 
 
 class ModelConfig(Strict):
@@ -69,6 +84,12 @@ class ModelConfig(Strict):
     drop_path: float = Field(0.1, ge=0.0, lt=1.0)
     overrides: dict[str, Any] = {}
     init_from: str | None = Field(None, description="run folder or .safetensors to start from; 'previous' stage")
+    head_init: Literal["random", "linear_probe"] = Field(
+        "random",
+        description="with init_from, linear_probe starts the classifier as a linear probe of the loaded features "
+        "(LP-FT, Kumar et al., ICLR 2022), so fine-tuning starts where the probe ends instead of distorting the "
+        "features to fit a random head",
+    )
 
 
 class OptimConfig(Strict):
@@ -79,6 +100,9 @@ class OptimConfig(Strict):
     warmup_fraction: float | None = Field(None, ge=0, le=1, description="warm-up as a fraction of the epochs")
     min_lr: float = Field(1e-5, ge=0)
     clip_grad: float | None = Field(None, gt=0)
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="layer-wise lr decay (BEiT/MAE fine-tuning): block i of L gets lr * decay^(L-i)"
+    )
 
     def warmup(self, epochs: int) -> float:
         """Warm-up length in epochs: ``warmup_fraction`` of the run when set (so it follows an epochs override)."""
@@ -98,11 +122,20 @@ class TrainConfig(Strict):
     knn_every: int = Field(0, ge=0, description="epochs between online kNN evaluations; 0: off")
     log_every: int = Field(10, gt=0, description="optimizer steps between metric log lines")
     best_metric: str | None = Field(
-        "eval/supervised/acc1",
-        description="metric that picks checkpoints/best.safetensors on data.eval_split; None: no selection, the final "
-        "weights are the run's result (pre-training recipes, so the test split never chooses a checkpoint)",
+        "val/supervised/acc1",
+        description="validation metric that picks checkpoints/best.safetensors; None: no selection, the final "
+        "weights are the run's result",
     )
-    best_mode: Literal["max", "min"] = "max"
+    best_mode: Literal["max", "min"] | None = Field(None, description="None: min for a loss, max for anything else")
+
+    @property
+    def best_direction(self) -> Literal["max", "min"]:
+        """``best_mode``, or what the metric implies: a loss is minimised, anything else maximised."""
+        return self.best_mode or ("min" if (self.best_metric or "").endswith("loss") else "max")
+
+    skip_nonfinite: int = Field(
+        0, ge=0, description="optimizer steps with a non-finite loss to skip (counted in the metrics) before stopping"
+    )
     seed: int = 0
     device: str = "auto"
 
@@ -120,6 +153,19 @@ class RunConfig(Strict):
     )
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_eval_split(cls, data):
+        """Run folders written before validation splits existed evaluated one split, ``data.eval_split``: it becomes
+        the test split, nothing is carved out of their training set (so they rebuild exactly), and their best
+        checkpoint is no longer selected (it was chosen on that split)."""
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "eval_split" in data["data"]:
+            data = copy.deepcopy(data)
+            data["data"]["test_split"] = data["data"].pop("eval_split")
+            data["data"].setdefault("val_fraction", 0.0)
+            data.setdefault("train", {})["best_metric"] = None
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -194,21 +240,44 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
-    """A recipe's YAML as a dict, with ``base:`` inheritance resolved."""
-    path = _recipe_path(name_or_path)
-    if path in _seen:
-        raise ConfigError(f"recipe '{name_or_path}' inherits itself through 'base': break the cycle")
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a non-empty mapping (a recipe, a run's config), or one ConfigError line."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if isinstance(err, yaml.YAMLError) else "binary, not text"
+        raise ConfigError(f"{what} '{path}' is not valid YAML ({reason}): fix or replace the file") from None
+    except OSError as err:
+        raise ConfigError(f"{what} '{path}' cannot be read ({err.strerror}): check the path") from None
+    if raw is None:
+        raise ConfigError(f"{what} '{path}' is empty: give at least a description, or base: quickstart")
     if not isinstance(raw, dict):
-        raise ConfigError(f"recipe '{path}' must be a YAML mapping of keys to values")
+        raise ConfigError(f"{what} '{path}' must be a YAML mapping of keys to values")
+    return raw
+
+
+def _relative_to(recipe: Path, name_or_path: str) -> str:
+    """A ``base:`` or ``stages:`` path, resolved against the folder of the recipe that names it (shipped names and
+    absolute paths unchanged)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and not candidate.is_absolute() and (recipe.parent / candidate).is_file():
+        return str(recipe.parent / candidate)
+    return name_or_path
+
+
+def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
+    """A recipe's YAML as a dict, with ``base:`` inheritance resolved (a relative path is taken from the recipe's own
+    folder first, then the working directory)."""
+    path = _recipe_path(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"recipe '{name_or_path}' inherits itself through 'base': break the cycle")
+    raw = read_yaml_mapping(path, "recipe")
     raw.setdefault("name", path.stem)
+    if isinstance(raw.get("stages"), list):
+        raw["stages"] = [_relative_to(path, s) if isinstance(s, str) else s for s in raw["stages"]]
     base = raw.pop("base", None)
     if base:
-        parent = load_raw(base, _seen + (path,))
+        parent = load_raw(_relative_to(path, base), _seen + (path.resolve(),))
         parent.pop("description", None)
         raw = _deep_merge(parent, raw)
         raw["name"] = path.stem

@@ -17,13 +17,15 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-from smallvit.data import DATASETS, datasets, get_dataset_info, load_dataset, prepare_dataset, sample
+from smallvit.data import DATASETS, datasets, formats, get_dataset_info, load_dataset, prepare_dataset, sample
 from smallvit.data.datasets import DataFile
 from smallvit.data.download import download
-from smallvit.data.formats import RawSplit, decode_images, fit
+from smallvit.data.formats import RawSplit, decode_images, decode_split, fit
 from smallvit.errors import ConfigError, DataError
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared/data/cifar10-jpeg.tar.gz"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared/data"
+SHARED_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+IMAGENETTE_ARCHIVE = SHARED_DATA / "imagenette-2040.tar.gz"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -110,7 +112,7 @@ def test_svhn_mat_files_and_label_10_is_digit_0(tmp_path):
     x = np.random.default_rng(2).integers(0, 256, (32, 32, 3, 3), np.uint8)  # H, W, C, N as in the .mat files
     for split in ("train", "test"):
         savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": np.array([[10], [1], [9]], np.uint8)})
-    prepare_dataset("svhn", source=tmp_path)
+    prepare_dataset("svhn", source=tmp_path, verify=False)  # fake files under the upstream names
     train = load_dataset("svhn", "train")
     assert train.labels.tolist() == [0, 1, 9]
     assert torch.equal(train.images[2, 1], torch.from_numpy(x[:, :, 1, 2]))  # image 2, green channel
@@ -122,7 +124,7 @@ def test_flowers102_splits_and_shorter_side_resize(tmp_path):
     files = [save_image(source / f"jpg/image_{i:05d}.jpg", pixels(20 + i, 30, seed=i)) for i in range(1, 7)]
     savemat(source / "imagelabels.mat", {"labels": np.array([[3, 1, 2, 102, 1, 3]], np.uint8)})
     savemat(source / "setid.mat", {"trnid": [[4, 1]], "valid": [[2]], "tstid": [[3, 5, 6]]})
-    prepare_dataset("flowers102", source=source)
+    prepare_dataset("flowers102", source=source, verify=False)
     train = load_dataset("flowers102", "train", image_size=16)
     assert train.labels.tolist() == [2, 101]  # images 1 and 4, by id, labels 1..102 -> 0..101
     assert train.images.shape == (2, 3, 16, 16)
@@ -149,7 +151,7 @@ def test_tiny_imagenet_from_zip(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for path in sorted(base.rglob("*")):
             z.write(path, path.relative_to(tmp_path))
-    prepare_dataset("tiny-imagenet", source=archive)
+    prepare_dataset("tiny-imagenet", source=archive, verify=False)
     train, val = load_dataset("tiny-imagenet", "train"), load_dataset("tiny-imagenet", "val")
     assert train.classes == ["goldfish", "tabby"] and train.labels.tolist() == [0, 0, 1]
     assert val.labels.tolist() == [0, 1, 1]  # val_1 (n01), then val_0 and val_2 (n02)
@@ -173,7 +175,7 @@ def write_fashion_mnist(folder: Path) -> np.ndarray:
 
 def test_fashion_mnist_idx_padded_to_32_px(tmp_path):
     images = write_fashion_mnist(tmp_path / "source")
-    prepare_dataset("fashion-mnist", source=tmp_path / "source")
+    prepare_dataset("fashion-mnist", source=tmp_path / "source", verify=False)
     train = load_dataset("fashion-mnist", "train")
     assert train.images.shape == (3, 3, 32, 32) and train.labels.tolist() == [7, 8, 9]
     assert torch.equal(train.images[:, 0, 2:30, 2:30], torch.from_numpy(images))
@@ -240,11 +242,73 @@ def write_cifar10_jpeg(folder: Path, per_class: int = 2) -> Path:
 
 def test_cifar10_jpeg_prepared_from_archive(tmp_path):
     archive = make_tar(write_cifar10_jpeg(tmp_path / "tree"), tmp_path / "cifar10-jpeg.tar.gz")
-    prepared = prepare_dataset("cifar10-jpeg", source=archive)
+    prepared = prepare_dataset("cifar10-jpeg", source=archive, verify=False)
     assert get_dataset_info("cifar10-jpeg").is_prepared() and prepared == tmp_path / "data/cifar10-jpeg"
     train = load_dataset("cifar10-jpeg", "train")
     assert train.classes == CIFAR10_CLASSES[:3] and train.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert torch.equal(train.images[3], as_tensor(tmp_path / "tree/cifar10-jpeg/train/automobile/0001.jpg"))
+
+
+IMAGENETTE_WNIDS = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
+
+
+def write_imagenette(folder: Path) -> Path:
+    """A 3-class imagenette-2040/ with 2 train, 1 val and 1 test 224x224 JPEGs per class, one of them grayscale."""
+    names = {"train": ["ILSVRC2012_val_00000293.JPEG", "n_10026.JPEG"], "val": ["n_11.JPEG"], "test": ["n_12.JPEG"]}
+    for split, files in names.items():
+        for c, wnid in enumerate(IMAGENETTE_WNIDS):
+            for i, name in enumerate(files):
+                image = pixels(224, 224, seed=100 * c + 10 * i + len(split))
+                save_image(folder / f"imagenette-2040/{split}/{wnid}/{name}", image[..., 0] if c == i == 1 else image)
+    return folder / "imagenette-2040"
+
+
+def test_imagenette_prepared_from_archive(tmp_path, monkeypatch):
+    tree = write_imagenette(tmp_path / "tree")
+    archive = make_tar(tree, tmp_path / "imagenette-2040.tar.gz")
+    info = DATASETS["imagenette-2040"]  # a fake archive: give the registry its checksum, in case local ones are checked
+    fake = DataFile(archive.name, "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest())
+    monkeypatch.setitem(DATASETS, info.name, replace(info, files=(fake,)))
+    prepare_dataset("imagenette-2040", source=archive)
+    train, val, test = (load_dataset("imagenette-2040", split) for split in ("train", "val", "test"))
+    assert train.classes == val.classes == ["tench", "English springer", "cassette player"]
+    assert train.labels.tolist() == [0, 0, 1, 1, 2, 2] and val.labels.tolist() == test.labels.tolist() == [0, 1, 2]
+    assert train.images.shape == (6, 3, 112, 112) and test.images.dtype == torch.uint8
+    source = tree / "train/n02102040/ILSVRC2012_val_00000293.JPEG"  # names sort by bytes: "I" < "n"
+    assert torch.equal(train.images[2], fit(as_tensor(source)[None], 112)[0])
+    assert torch.equal(train.images[3, 0], train.images[3, 2])  # the grayscale image, as 3 equal channels
+    assert (info.splits, info.val_split, info.test_split) == (("train", "val", "test"), "val", "test")
+    assert (info.image_size // info.patch_size, info.num_classes) == (7, 10)
+
+
+def test_imagenette_classes_keep_an_unknown_wnid(tmp_path):
+    save_image(tmp_path / "imagenette-2040/train/n99999999/a.JPEG", pixels(8, 8))
+    save_image(tmp_path / "imagenette-2040/train/n01440764/a.JPEG", pixels(8, 8))
+    assert formats.read_imagenette(tmp_path, "train").classes == ["tench", "n99999999"]
+
+
+@pytest.mark.skipif(not IMAGENETTE_ARCHIVE.exists(), reason="the shared imagenette-2040 archive is not here")
+def test_real_imagenette_archive_prepares_with_its_layout():
+    folder = prepare_dataset("imagenette-2040", source=IMAGENETTE_ARCHIVE)
+    counts = {"train": 204, "val": 50, "test": 100}
+    for split, per_class in counts.items():
+        raw = formats.read_imagenette(folder, split)
+        assert np.bincount(raw.labels).tolist() == [per_class] * 10
+        assert raw.classes == list(formats.IMAGENETTE_CLASSES.values())
+        few = replace(raw, images=raw.images[:: per_class * 5], labels=raw.labels[:: per_class * 5])
+        assert decode_images(few, 112, 3).shape == (2, 3, 112, 112)
+    names = [path.name for split in counts for path in formats.read_imagenette(folder, split).images]
+    assert len(set(names)) == len(names) == 3540  # no file in two splits
+
+
+@pytest.mark.slow  # decodes 3,540 JPEGs: about 45 s on 2 CPU cores
+@pytest.mark.skipif(not IMAGENETTE_ARCHIVE.exists(), reason="the shared imagenette-2040 archive is not here")
+def test_real_imagenette_archive_loads_every_split():
+    prepare_dataset("imagenette-2040", source=IMAGENETTE_ARCHIVE)
+    for split, per_class in [("train", 204), ("val", 50), ("test", 100)]:
+        dataset = load_dataset("imagenette-2040", split)
+        assert dataset.images.shape == (10 * per_class, 3, 112, 112) and dataset.images.dtype == torch.uint8
+        assert torch.bincount(dataset.labels).tolist() == [per_class] * 10 and dataset.classes[0] == "tench"
 
 
 def cifar10_archive(tmp_path) -> Path:
@@ -294,9 +358,9 @@ def decode_calls(monkeypatch) -> list:
 
     def counting(*args):
         calls.append(args)
-        return decode_images(*args)
+        return decode_split(*args)
 
-    monkeypatch.setattr(datasets, "decode_images", counting)
+    monkeypatch.setattr(datasets, "decode_split", counting)
     return calls
 
 
@@ -349,7 +413,7 @@ def test_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch):
 
     savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 1), np.uint8), "y": [[1]]})
     with pytest.raises(DataError) as excinfo:
-        prepare_dataset("svhn", source=tmp_path)
+        prepare_dataset("svhn", source=tmp_path, verify=False)
     one_line_error(excinfo, "lacks test_32x32.mat", "train_32x32.mat/test_32x32.mat")
 
     write_cifar10(tmp_path / "source")
@@ -380,17 +444,45 @@ def test_fit_crops_the_center_of_the_longer_side():
 
 
 def test_bundled_sample():
-    for split, per_class in [("train", 204), ("test", 200)]:
+    for split, per_class in [("train", 204), ("val", 50), ("test", 200)]:
         dataset = load_dataset("cifar10-sample", split)
         assert dataset.images.dtype == torch.uint8 and dataset.images.shape == (10 * per_class, 3, 32, 32)
         assert torch.bincount(dataset.labels).tolist() == [per_class] * 10
         assert dataset.classes == CIFAR10_CLASSES
 
 
+# sha256 over each JPEG file's sha256, then the int64 labels: train and test as built before val was added
+SAMPLE_SPLIT_DIGESTS = {
+    "train": "5c8081535d6a35ec93b3305aadbd3da6ed94acd21a0bccac624eb1278769f9de",
+    "val": "51d9e191d688c9261d4d133428534bf78599c160869f3d94436223ea96944a12",
+    "test": "1a7847bf7a39a0badd3fa5720a237ef7cb8e4430ee66cd11e6f6415d5e5f5375",
+}
+
+
+def test_bundled_sample_splits_are_the_recorded_files():
+    for split, expected in SAMPLE_SPLIT_DIGESTS.items():
+        raw = sample.read_sample(sample.SAMPLE_FILE.parent, split)
+        digest = hashlib.sha256(b"".join(hashlib.sha256(file).digest() for file in raw.images))
+        digest.update(np.asarray(raw.labels, np.int64).tobytes())
+        assert digest.hexdigest() == expected, split
+
+
+def test_bundled_sample_val_shares_no_image_with_train_or_test():
+    def images(split):
+        return {bytes(image.numpy()) for image in load_dataset("cifar10-sample", split).images}
+
+    val = images("val")
+    assert len(val) == 500 and not val & images("train") and not val & images("test")
+
+
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="the shared CIFAR-10 JPEG archive is not here")
 def test_bundled_sample_has_the_archive_pixels():
     wanted = {("test", 0, 0), ("test", 9, 199), ("train", 0, 0), ("train", 0, 203), ("train", 1, 17)}
-    members = {f"cifar10-jpeg/{split}/{CIFAR10_CLASSES[c]}/{i:04d}.jpg": (split, c, i) for split, c, i in wanted}
+    wanted |= {("val", 0, 0), ("val", 9, 49)}  # train files 0204 and 0253
+    members = {}
+    for split, c, i in wanted:
+        folder, start = sample.ARCHIVE_START[split]
+        members[f"cifar10-jpeg/{folder}/{CIFAR10_CLASSES[c]}/{start + i:04d}.jpg"] = (split, c, i)
     found = {}
     with tarfile.open(SHARED_ARCHIVE) as archive:
         for member in archive:
@@ -422,3 +514,14 @@ def test_registry_presets_are_consistent():
         assert info.name == name and info.image_size % info.patch_size == 0
         assert len(info.mean) == len(info.std) == 3
         assert all(f.checksum.split(":")[0] in ("md5", "sha256") for f in info.files)
+        assert {info.val_split, info.test_split} - {None} <= set(info.splits) and info.val_split != info.test_split
+
+
+def test_registry_names_validation_and_test_splits():
+    splits = {name: (info.val_split, info.test_split) for name, info in DATASETS.items()}
+    assert splits == {
+        **dict.fromkeys(["cifar10", "cifar100", "svhn", "fashion-mnist", "cifar10-jpeg"], (None, "test")),
+        "tiny-imagenet": (None, "val"),
+        **dict.fromkeys(["flowers102", "cifar10-sample", "imagenette-2040"], ("val", "test")),
+        "imagefolder": ("val", None),
+    }

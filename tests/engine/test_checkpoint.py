@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from smallvit.engine.checkpoint import (
@@ -7,8 +8,10 @@ from smallvit.engine.checkpoint import (
     restore_rng,
     rng_tensors,
     save_checkpoint,
+    usable_checkpoint,
 )
 from smallvit.engine.experiment import last_stage, resolve_checkpoint
+from smallvit.errors import SmallViTError
 
 
 def _trained_optimizer(model):
@@ -55,12 +58,42 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr("smallvit.engine.checkpoint.save_file", crash)
-    try:
+    with pytest.raises(SmallViTError, match="could not write .*disk full.*previous checkpoint is intact"):
         save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
-    except OSError:
-        pass
     tensors, state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.json", "last.safetensors"]  # no temporary files
+
+
+def test_replacing_last_keeps_the_previous_one_and_a_damaged_last_falls_back_to_it(tmp_path):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+    save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+    assert load_checkpoint(tmp_path / "last.prev.safetensors")[1]["epoch"] == 1
+    assert usable_checkpoint(tmp_path) == (path, load_checkpoint(path)[1])
+    path.write_bytes(path.read_bytes()[:-8])  # truncated
+    with pytest.raises(SmallViTError, match="unreadable|checksum"):
+        load_checkpoint(path)
+    chosen, state = usable_checkpoint(tmp_path)
+    assert chosen.name == "last.prev.safetensors" and state["epoch"] == 1
+
+
+def test_a_flipped_byte_in_a_tensor_fails_the_checksum(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.arange(64, dtype=torch.float32)}, {})
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the tensor payload, which ends the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(SmallViTError, match="fails its checksum"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"not a safetensors file at all", bytes(range(256)) * 4])
+def test_random_or_empty_bytes_are_one_clear_error(tmp_path, content):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(SmallViTError, match="is unreadable"):
+        load_checkpoint(path)
 
 
 def test_a_multi_stage_run_folder_resolves_to_its_last_stage(tmp_path):

@@ -20,7 +20,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
-    assert 0.0 <= summary["final"]["eval/supervised/acc1"] <= 1.0
+    assert {"val/supervised/acc1", "test/supervised/acc1"} <= set(summary["final"])
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()
     ]

@@ -80,14 +80,16 @@ def test_eval_knn_of_a_pretraining_run_matches_its_online_knn(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run = runs / "pre"
-    online = json.loads((run / "summary.json").read_text())["final"]["eval/knn/acc1"]
+    online = json.loads((run / "summary.json").read_text())["final"]["val/knn/acc1"]  # online kNN runs on val
 
-    result = CliRunner().invoke(app, ["eval", "knn", str(run), "--checkpoint", "last"])
+    result = CliRunner().invoke(app, ["eval", "knn", str(run), "--checkpoint", "last", "--split", "val"])
     assert result.exit_code == 0, result.output
-    assert f"knn/acc1 (test, k=20, T=0.07): {online:.4f}" in result.output
+    assert f"knn/acc1 (val, k=20, T=0.07): {online:.4f}" in result.output
     record = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
     assert record["kind"] == "knn" and record["acc1"] == pytest.approx(online)
 
+    result = CliRunner().invoke(app, ["eval", "knn", str(run), "--checkpoint", "last"])  # test, the default
+    assert result.exit_code == 0 and "knn/acc1 (test, k=20, T=0.07)" in result.output, result.output
     features = run_features(run, "last")
     assert features.from_cache
     assert features.train.shape == (40, 192) and features.query.shape == (50, 192)

@@ -78,6 +78,8 @@ def test_all_presets_build():
     for name, preset in PRESETS.items():
         if preset.family == "vit":
             backbone, size = build_backbone(name, img_size=16, patch_size=8, depth=1), 16
+        elif preset.family == "cnn":
+            backbone, size = build_backbone(name, img_size=16, patch_size=8, layers=(1, 1, 1, 1)), 16
         else:
             backbone, size = build_backbone(name, img_size=32, patch_size=2, depths=(1, 1, 1)), 32
         assert backbone(torch.zeros(1, 3, size, size)).pooled.shape[-1] == backbone.embed_dim
@@ -99,13 +101,14 @@ def test_pos_embed_resize_keeps_aligned_corners_and_loads():
         assert (dst[y, x] - src[i, j]).abs().max() < 0.1  # values span [-2, 2]
 
 
-def test_fine_tune_from_pos_embed_free_pretraining_adds_fresh_pe_and_cls():
+def test_fine_tune_from_pos_embed_free_pretraining_adds_a_zero_pe_and_a_fresh_cls():
     pretrained = build_backbone("vit_lite", img_size=16, patch_size=4, depth=1, pos_embed=False, cls_token=False)
     finetune = build_backbone("vit_lite", img_size=16, patch_size=4, depth=1)
-    fresh_pe = finetune.model.pos_embed.detach().clone()
+    fresh_cls = finetune.model.cls_token.detach().clone()
     report = load_backbone_weights(finetune, pretrained.model.state_dict())
     assert set(report.initialised) == {"pos_embed", "cls_token"}
-    assert torch.equal(finetune.model.pos_embed, fresh_pe)
+    assert torch.equal(finetune.model.pos_embed, torch.zeros_like(finetune.model.pos_embed))
+    assert torch.equal(finetune.model.cls_token, fresh_cls)
     assert torch.equal(finetune.model.blocks[0].attn.qkv.weight, pretrained.model.blocks[0].attn.qkv.weight)
 
 

@@ -279,9 +279,13 @@ def test_recipes():
     ]
     assert joint.model.pos_embed and joint.train.epochs == 3
     assert "per_patch_augment" not in [op["op"] for op in joint.augment["main"].ops]
-    for stage in (pretrain, finetune, joint):
+    for stage in (pretrain, finetune):
         assert (stage.optim.lr, stage.optim.weight_decay, stage.optim.clip_grad) == (5e-4, 0.1, 1.0)
         assert (stage.model.drop_path, stage.train.batch_size) == (0.1, 256)
+    # the joint recipe is its baseline plus the method's objectives, nothing else
+    base = load_recipe("quickstart", ["epochs=3"]).stages[0]
+    assert (joint.optim, joint.train, joint.augment, joint.model) == (base.optim, base.train, base.augment, base.model)
+    assert joint.objectives[0] == base.objectives[0]
 
 
 def test_pretrain_recipe_builds_and_steps_with_patch_size_filled_in():

@@ -1,4 +1,5 @@
-"""Datasets: a registry of presets, preparing them once, loading splits into memory, and class-balanced subsets."""
+"""Datasets: a registry of presets, preparing them once, loading splits into memory, class-balanced subsets and
+validation splits."""
 
 from smallvit.data.datasets import (
     DATASETS,
@@ -9,7 +10,7 @@ from smallvit.data.datasets import (
     load_dataset,
     prepare_dataset,
 )
-from smallvit.data.subset import stratified_subset
+from smallvit.data.subset import split_validation, stratified_subset
 
 __all__ = [
     "DATASETS",
@@ -19,5 +20,6 @@ __all__ = [
     "get_dataset_info",
     "load_dataset",
     "prepare_dataset",
+    "split_validation",
     "stratified_subset",
 ]

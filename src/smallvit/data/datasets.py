@@ -15,19 +15,18 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from smallvit.data import formats, sample
 from smallvit.data.cache import cached
-from smallvit.data.download import download, extract, is_archive
-from smallvit.data.formats import RawSplit, decode_images
+from smallvit.data.download import download, extract, is_archive, verify_local
+from smallvit.data.formats import OnBadFile, RawSplit, decode_split
 from smallvit.errors import ConfigError, DataError
 
 MARKER = ".smallvit-prepared"
@@ -35,13 +34,15 @@ MARKER = ".smallvit-prepared"
 
 @dataclass
 class ImageDataset:
-    """One split in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N], ``classes[label]`` is a name."""
+    """One split in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N], ``classes[label]`` is a name;
+    ``skipped``: the undecodable files left out (only when loaded with ``on_bad_file="skip"``)."""
 
     images: Tensor
     labels: Tensor
     classes: list[str]
     name: str
     split: str
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,6 +76,11 @@ class DatasetInfo:
 
     ``kind`` says where the data lives: "prepared" in ``<data root>/<name>/`` (by :meth:`prepare`), "folder" in a
     folder of the user's (``root`` is that folder), or "bundled" inside the package.
+
+    ``val_split`` is the dataset's own validation split, used to choose hyper-parameters and checkpoints; None: it
+    has none, so the engine holds out a seeded fraction of each class of the training split
+    (:func:`smallvit.data.split_validation`). ``test_split`` is the split that is only reported, never used to choose
+    anything; None: the dataset has no such split.
     """
 
     name: str
@@ -90,6 +96,8 @@ class DatasetInfo:
     expected: tuple[str, ...] = ()  # paths a complete prepared copy has
     system_source: Path | None = None  # where a distribution package installs the files, used if no source is given
     kind: Literal["prepared", "folder", "bundled"] = "prepared"
+    val_split: str | None = None  # the dataset's validation split; None: carved from the training split
+    test_split: str | None = "test"  # the split that is only reported; None: the dataset has none
 
     @property
     def downloadable(self) -> bool:
@@ -99,7 +107,12 @@ class DatasetInfo:
         return self.kind != "prepared" or (data_root(root) / self.name / MARKER).exists()
 
     def load(
-        self, split: str, root: str | Path | None = None, image_size: int | None = None, in_chans: int = 3
+        self,
+        split: str,
+        root: str | Path | None = None,
+        image_size: int | None = None,
+        in_chans: int = 3,
+        on_bad_file: OnBadFile = "error",
     ) -> ImageDataset:
         """See :func:`load_dataset`."""
         if self.kind != "folder" and split not in self.splits:  # a folder's reader checks its own splits
@@ -111,11 +124,16 @@ class DatasetInfo:
 
         def decode() -> dict:
             raw = self._read(folder, split)
-            labels = torch.from_numpy(np.array(raw.labels, dtype=np.int64))
-            return {"images": decode_images(raw, size, in_chans), "labels": labels, "classes": list(raw.classes)}
+            decoded = decode_split(raw, size, in_chans, on_bad_file)
+            return {
+                "images": decoded.images,
+                "labels": decoded.labels,
+                "classes": list(raw.classes),
+                "skipped": decoded.skipped,
+            }
 
-        data = cached(f"{self.name}-{split}-{size}px-{in_chans}ch-{fingerprint[:16]}", decode)
-        return ImageDataset(data["images"], data["labels"], data["classes"], self.name, split)
+        data = cached(f"{self.name}-{split}-{size}px-{in_chans}ch-{on_bad_file}-{fingerprint[:16]}", decode)
+        return ImageDataset(data["images"], data["labels"], data["classes"], self.name, split, data["skipped"])
 
     def _locate(self, root: str | Path | None) -> tuple[Path, str]:
         """The folder :attr:`read` takes, and a cheap fingerprint of its content that keys the decoded cache."""
@@ -136,7 +154,13 @@ class DatasetInfo:
         except FileNotFoundError as err:
             raise DataError(f"{err.filename} is missing from {folder}: {self._prepare_hint()}") from err
 
-    def prepare(self, source: str | Path | None = None, root: str | Path | None = None, download: bool = False) -> Path:
+    def prepare(
+        self,
+        source: str | Path | None = None,
+        root: str | Path | None = None,
+        download: bool = False,
+        verify: bool = True,
+    ) -> Path:
         """See :func:`prepare_dataset`."""
         if self.kind != "prepared":
             raise DataError(f"dataset {self.name!r} needs no preparing: {self.source_hint}")
@@ -146,6 +170,7 @@ class DatasetInfo:
             if self.system_source is None or not self.system_source.is_dir():
                 raise DataError(f"no source given for {self.name!r}: {self._prepare_hint()}")
             source = self.system_source
+            verify = False  # a distribution's copy: its package manager checks it; Debian recompresses the files
         if source is not None and not Path(source).exists():
             raise DataError(f"{source} does not exist: {self._prepare_hint()}")
         target = data_root(root) / self.name
@@ -156,7 +181,7 @@ class DatasetInfo:
             if download:
                 self._download(work)
             else:
-                self._gather(Path(source), work)
+                self._gather(Path(source), work, verify)
             missing = [path for path in self.expected if not (work / path).exists()]
             if missing:
                 raise DataError(f"{source or 'the download'} lacks {missing[0]}: pass {self.source_hint}")
@@ -177,14 +202,21 @@ class DatasetInfo:
                 extract(path, work)
                 path.unlink()
 
-    def _gather(self, source: Path, work: Path) -> None:
-        """Take an archive, or from a folder the dataset's own files and extracted folders (nothing else)."""
+    def _gather(self, source: Path, work: Path, verify: bool) -> None:
+        """Take an archive, or from a folder the dataset's own files and extracted folders (nothing else).
+
+        With ``verify``, a file named as one of :attr:`files` is checked against its checksum before it is used;
+        extracted folders and files of other names cannot be checked.
+        """
         if source.is_file():
             entries = [source]
         else:
             wanted = {f.filename for f in self.files} | {Path(path).parts[0] for path in self.expected}
             entries = [entry for entry in sorted(source.iterdir()) if entry.name in wanted]
+        checksums = {f.filename: f.checksum for f in self.files}
         for entry in entries:
+            if verify and entry.is_file() and entry.name in checksums:
+                verify_local(entry, checksums[entry.name])
             if entry.is_dir():
                 shutil.copytree(entry, work / entry.name, dirs_exist_ok=True)
             elif is_archive(entry):
@@ -229,6 +261,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="cifar10",
             splits=("train", "test"),
+            val_split=None,
+            test_split="test",
             num_classes=10,
             image_size=32,
             patch_size=4,
@@ -249,6 +283,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="cifar100",
             splits=("train", "test"),
+            val_split=None,
+            test_split="test",
             num_classes=100,
             image_size=32,
             patch_size=4,
@@ -266,6 +302,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="svhn",
             splits=("train", "test"),
+            val_split=None,
+            test_split="test",
             num_classes=10,
             image_size=32,
             patch_size=4,
@@ -286,6 +324,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="fashion-mnist",
             splits=("train", "test"),
+            val_split=None,
+            test_split="test",
             num_classes=10,
             image_size=32,  # 28 px zero-padded to 32, see formats.read_fashion_mnist
             patch_size=4,
@@ -311,6 +351,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="tiny-imagenet",
             splits=("train", "val"),
+            val_split=None,
+            test_split="val",  # its labelled val split is what papers report as test
             num_classes=200,
             image_size=64,
             patch_size=8,
@@ -331,6 +373,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="flowers102",
             splits=("train", "val", "test", "trainval"),
+            val_split="val",
+            test_split="test",
             num_classes=102,
             image_size=224,
             patch_size=32,
@@ -347,6 +391,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="cifar10-jpeg",
             splits=("train", "test"),
+            val_split=None,
+            test_split="test",
             num_classes=10,
             image_size=32,
             patch_size=4,
@@ -363,19 +409,44 @@ DATASETS: dict[str, DatasetInfo] = {
             expected=("cifar10-jpeg/train", "cifar10-jpeg/test"),
         ),
         DatasetInfo(
+            name="imagenette-2040",
+            splits=("train", "val", "test"),
+            val_split="val",
+            test_split="test",
+            num_classes=10,
+            image_size=112,  # the project's protocol: 224 px files stored at 112 px, patch 16, a 7x7 grid
+            patch_size=16,
+            **_IMAGENET_STATS,
+            read=formats.read_imagenette,
+            source_hint="imagenette-2040.tar.gz, or a folder with it or with imagenette-2040/<split>/<wnid>/<image>",
+            # 204 train, 50 val and 100 test images per class of Imagenette2 at 224x224 (GitHub repository
+            # thunderInfy/imagenette, commit b850f030ff0701c36a4adc8b928ea9483a46915b), packed reproducibly; it has no
+            # public URL of its own.
+            files=(
+                DataFile(
+                    "imagenette-2040.tar.gz", "sha256:c12e21b9afcf09572066a07bc63a630077e28204c1d963e5c8c706d5cfe6790c"
+                ),
+            ),
+            expected=("imagenette-2040/train", "imagenette-2040/val", "imagenette-2040/test"),
+        ),
+        DatasetInfo(
             name="cifar10-sample",
-            splits=("train", "test"),
+            splits=("train", "val", "test"),
+            val_split="val",
+            test_split="test",
             num_classes=10,
             image_size=32,
             patch_size=4,
             **_CIFAR10_JPEG_STATS,
             read=sample.read_sample,
-            source_hint="it ships with smallvit: 204 train and 200 test images per class of cifar10-jpeg",
+            source_hint="it ships with smallvit: 204 train, 50 val and 200 test images per class of cifar10-jpeg",
             kind="bundled",
         ),
         DatasetInfo(
             name="imagefolder",
             splits=("train", "val"),
+            val_split="val",
+            test_split=None,
             num_classes=None,
             image_size=224,
             patch_size=32,
@@ -396,7 +467,12 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(
-    name: str, split: str, root: str | Path | None = None, image_size: int | None = None, in_chans: int = 3
+    name: str,
+    split: str,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    in_chans: int = 3,
+    on_bad_file: OnBadFile = "error",
 ) -> ImageDataset:
     """Load one split into memory as uint8 tensors; the first call decodes and caches it, later calls read the cache.
 
@@ -406,18 +482,28 @@ def load_dataset(
 
     root: the data root holding prepared datasets (default ``$SMALLVIT_DATA``, else ``~/.cache/smallvit/data``);
         for ``imagefolder``, the image folder itself.
+    on_bad_file: an image file that cannot be decoded is a :class:`DataError` naming it ("error"), or is left out
+        with its label and listed in the result's ``skipped`` ("skip"). The decoded cache keeps the two apart.
     """
-    return get_dataset_info(name).load(split, root, image_size, in_chans)
+    return get_dataset_info(name).load(split, root, image_size, in_chans, on_bad_file)
 
 
 def prepare_dataset(
-    name: str, source: str | Path | None = None, root: str | Path | None = None, download: bool = False
+    name: str,
+    source: str | Path | None = None,
+    root: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
 ) -> Path:
     """Put dataset ``name`` into ``<data root>/<name>/`` from a local archive or folder, or by downloading it.
 
     From a folder, only the dataset's own files (their upstream names) and extracted folders are taken; archives
-    are unpacked. Downloads are checked against the published checksums; local sources only for the expected layout,
-    so repacked copies work. Without ``source`` or ``download``, a system copy is used where the dataset has one
-    (Fashion-MNIST: Debian's ``dataset-fashion-mnist``). Returns the prepared folder.
+    are unpacked. Downloads are always checked against the published checksums. A local file that bears the name of
+    one of the dataset's upstream files (the archive itself, or such a file in the source folder) is checked too,
+    unless ``verify=False`` (``--no-verify``), which lets a repacked copy through; folders of already extracted
+    files, and files under other names, cannot be checked: for them only the expected layout is. Without ``source``
+    or ``download``, a system copy is used where the dataset has one (Fashion-MNIST: Debian's
+    ``dataset-fashion-mnist``, whose recompressed files differ from upstream's, so it is not checked). Returns the
+    prepared folder.
     """
-    return get_dataset_info(name).prepare(source, root, download)
+    return get_dataset_info(name).prepare(source, root, download, verify)

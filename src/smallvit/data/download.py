@@ -43,6 +43,26 @@ def download(url: str, dest: Path, checksum: str) -> Path:
     return dest
 
 
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest ("md5" or "sha256") of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_local(path: Path, checksum: str) -> None:
+    """Check a user's copy of an upstream file against its published ``checksum`` ("md5:<hex>" or "sha256:<hex>")."""
+    algorithm, expected = checksum.split(":")
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        raise DataError(
+            f"{path} has {algorithm} {actual}, expected {expected}: it is not the official file; "
+            "pass --no-verify to prepare a repacked copy anyway"
+        )
+
+
 def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_SUFFIXES)
 

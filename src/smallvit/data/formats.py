@@ -2,17 +2,24 @@
 
 A reader takes the dataset's folder and a split name and returns a :class:`RawSplit`: the images either as one
 uint8 array (formats that store pixels) or as a list of encoded image files (JPEG, PNG, ...), plus labels and
-class names. :func:`decode_images` turns either into a uint8 tensor [N, C, S, S]. Images of file-based formats are
-ordered by class, then file name; array formats keep their upstream order.
+class names. :func:`decode_split` turns either into a uint8 tensor [N, C, S, S] (dropping undecodable files if asked
+to), :func:`decode_images` is its strict short form. Images of file-based formats are ordered by class, then file name;
+array formats keep their upstream order.
+
+Files are untrusted input: CIFAR's pickles are read by a restricted unpickler that runs no code (see
+:func:`_unpickle`), and whatever goes wrong while decoding an image is a :class:`DataError` naming the file.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +28,9 @@ from PIL import Image
 from scipy.io import loadmat
 from torch import Tensor
 
-from smallvit.errors import DataError
+from smallvit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_CLASSES = [
@@ -59,15 +68,159 @@ def read_cifar100(folder: Path, split: str) -> RawSplit:
 
 
 def _read_cifar(batch_dir: Path, batches: list[str], meta: str, label_key: str, names_key: str) -> RawSplit:
-    data = [_unpickle(batch_dir / batch) for batch in batches]
-    images = np.concatenate([d["data"] for d in data]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([d[label_key] for d in data])
-    return RawSplit(images, labels, _unpickle(batch_dir / meta)[names_key])
+    images, labels = [], []
+    for batch in batches:
+        path = batch_dir / batch
+        content = _unpickle(path)
+        data, batch_labels = _array(_entry(content, "data", path), path), _array(_entry(content, label_key, path), path)
+        labelled = batch_labels.shape == data.shape[:1] and batch_labels.dtype.kind in "iu"
+        if data.dtype != np.uint8 or data.shape[1:] != (3072,) or not labelled:
+            raise DataError(f"{path} does not hold uint8 [N, 3072] images and N labels: re-download the dataset")
+        images.append(data)
+        labels.append(batch_labels)
+    names = _entry(_unpickle(batch_dir / meta), names_key, batch_dir / meta)
+    if not isinstance(names, list) or not all(isinstance(name, (str, bytes)) for name in names):
+        raise DataError(f"{batch_dir / meta} has no list of class names under {names_key!r}: re-download the dataset")
+    return RawSplit(np.concatenate(images).reshape(-1, 3, 32, 32), np.concatenate(labels), [_text(n) for n in names])
+
+
+# The globals a CIFAR pickle may name: numpy's array reconstruction as numpy 1 (and Python 2, which wrote the
+# official files: they name only _reconstruct, ndarray and dtype) and numpy 2 spell it, protocol 5's _frombuffer,
+# numpy scalars (repacked copies may hold labels as numpy ints), and how Python 3 pickles bytes at protocols 0-2.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): "reconstruct",
+    ("numpy._core.multiarray", "_reconstruct"): "reconstruct",
+    ("numpy.core.numeric", "_frombuffer"): "frombuffer",
+    ("numpy._core.numeric", "_frombuffer"): "frombuffer",
+    ("numpy.core.multiarray", "scalar"): "scalar",
+    ("numpy._core.multiarray", "scalar"): "scalar",
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+    ("_codecs", "encode"): "encode",
+    ("__builtin__", "bytes"): "bytes",
+    ("builtins", "bytes"): "bytes",
+}
+_PLAIN_DTYPES = ("b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickles without running anything they name: globals outside :data:`_CIFAR_GLOBALS` are refused,
+    and numpy's are stand-ins (:class:`_Global`) that only record their arguments, from which :func:`_array` builds
+    plain numeric arrays itself. Dicts, lists, tuples, str, bytes, numbers, None and bools need no globals.
+    """
+
+    def __init__(self, file: io.BufferedReader, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # the official files were written by Python 2: its str is bytes
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> _Global:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise DataError(
+                f"smallvit refuses to load {module}.{name} from {self.path}: the file is not a CIFAR batch "
+                "(or was tampered with); re-download it"
+            )
+        return _Global(_CIFAR_GLOBALS[module, name])
+
+
+class _Global:
+    """Stands in for an admitted global: ``bytes()`` and ``_codecs.encode(text, "latin1")`` give their bytes, numpy's
+    callables give a :class:`_Call` record. A fresh one per reference, so a pickle can alter nothing shared."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: object) -> bytes | _Call:
+        if self.name == "bytes" and not args:
+            return b""
+        if self.name == "encode" and len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+            return args[0].encode("latin1")
+        if self.name in ("bytes", "encode"):
+            raise ValueError(f"unexpected arguments for {self.name}")
+        return _Call(self.name, args)
+
+
+class _Call:
+    """A recorded call of one of numpy's admitted globals, plus the state BUILD gives it."""
+
+    __slots__ = ("name", "args", "state")
+
+    def __init__(self, name: str, args: tuple) -> None:
+        self.name, self.args, self.state = name, args, None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
 
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # the files were pickled by Python 2
+    """A CIFAR pickle read by :class:`_CifarUnpickler`; bytes keys become str, numpy arrays are :class:`_Call`."""
+    with open(path, "rb") as f:  # outside the try: a missing file is reported as missing by the dataset
+        try:
+            content = _CifarUnpickler(f, path).load()
+        except DataError:
+            raise
+        except Exception as err:  # truncated or malformed pickles raise many types; all mean the same
+            raise DataError(f"cannot read {path} ({_describe(err)}): the file is damaged; re-download it") from err
+    if not isinstance(content, dict):
+        raise DataError(f"{path} holds a {type(content).__name__}, not a dict: the file is not a CIFAR batch")
+    return {_text(key) if isinstance(key, bytes) else key: value for key, value in content.items()}
+
+
+def _entry(content: dict, key: str, path: Path) -> object:
+    if key not in content:
+        raise DataError(f"{path} has no {key!r} entry: the file is not a CIFAR batch; re-download it")
+    return content[key]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _array(value: object, path: Path) -> np.ndarray:
+    """``value`` as a numeric numpy array: a list (of numbers, or of numpy scalars as repacked copies hold) as it is,
+    a recorded numpy array rebuilt by :func:`_build`."""
+    try:
+        if isinstance(value, _Call):
+            return _build(value)
+        if isinstance(value, (list, tuple)):
+            value = [_build(item) if isinstance(item, _Call) else item for item in value]
+        array = np.array(value)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{array.dtype} values")
+        return array
+    except (ValueError, TypeError, AttributeError, IndexError) as err:
+        raise DataError(f"{path} holds a malformed array ({_describe(err)}): re-download the dataset") from err
+
+
+def _build(call: _Call) -> np.ndarray:
+    """The array a recorded numpy call describes, made with ``np.frombuffer`` from checked parts (a plain numeric
+    dtype, a shape that matches the byte count), never by numpy's own unpickling code; a scalar is a 0-d array."""
+    if call.name == "reconstruct":  # ndarray.__reduce__: state (version, shape, dtype, fortran order, bytes)
+        _, shape, dtype, fortran, data = call.state
+        order = "F" if fortran else "C"
+    elif call.name == "frombuffer":  # protocol 5: _frombuffer(bytes, dtype, shape, order)
+        data, dtype, shape, order = call.args
+    elif call.name == "scalar":  # a numpy number: scalar(dtype, bytes)
+        (dtype, data), shape, order = call.args, (), "C"
+    else:
+        raise ValueError(f"a {call.name} where an array belongs")
+    if not (isinstance(dtype, _Call) and dtype.name == "dtype" and _text(dtype.args[0]) in _PLAIN_DTYPES):
+        raise ValueError("not a plain numeric dtype")
+    byte_order = _text(dtype.state[1]) if isinstance(dtype.state, tuple) else "|"
+    if byte_order not in ("|", "<", ">", "=") or order not in ("C", "F") or type(data) not in (bytes, bytearray):
+        raise ValueError("malformed array")
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"shape {shape}")
+    dtype = np.dtype(_text(dtype.args[0])).newbyteorder("=" if byte_order == "|" else byte_order)
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{len(data)} bytes for shape {shape} of {dtype}")
+    return np.frombuffer(data, dtype).reshape(shape, order=order).astype(dtype.newbyteorder("="))
+
+
+def _describe(err: BaseException) -> str:
+    """An exception's message on one line, or its type's name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def read_svhn(folder: Path, split: str) -> RawSplit:
@@ -128,24 +281,49 @@ def read_cifar10_jpeg(folder: Path, split: str) -> RawSplit:
     return read_imagefolder(folder / "cifar10-jpeg", split)
 
 
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+
+
+def read_imagenette(folder: Path, split: str) -> RawSplit:
+    """``imagenette-2040/<split>/<wnid>/<name>.JPEG``; labels follow the sorted wnids, classes are their names."""
+    raw = read_imagefolder(folder / "imagenette-2040", split)
+    return RawSplit(raw.images, raw.labels, [IMAGENETTE_CLASSES.get(wnid, wnid) for wnid in raw.classes])
+
+
 def read_imagefolder(folder: Path, split: str, val_fraction: float = 0.1, seed: int = 0) -> RawSplit:
     """``folder/<split>/<class>/<image>``, or ``folder/<class>/<image>`` split into ``train`` and ``val`` by holding
-    out ``val_fraction`` of each class, chosen with ``seed``. Classes are the sorted class-folder names (across
-    all splits in the first layout).
+    out ``val_fraction`` of each class, chosen with ``seed``. Classes are the sorted class-folder names; in the first
+    layout those of all split folders together, so every split numbers the classes alike, also when one split lacks
+    a class. A class folder without images is an error (in any split): silently dropping it would shift the labels.
     """
     subdirs = _subdirs(folder)
     images_per_subdir = [_images_in(d) for d in subdirs]
     if any(images_per_subdir):  # folder/<class>/<image>
         if split not in ("train", "val"):
             raise DataError(f"{folder} has no split folders, so its splits are train and val, not {split!r}")
+        _refuse_empty_classes(folder, dict(zip(subdirs, images_per_subdir)))
         classes = [d.name for d in subdirs]
         files = [(c, path) for c, paths in enumerate(images_per_subdir) for path in paths]
         held_out = _held_out(np.array([c for c, _ in files]), val_fraction, seed)
         files = [file for file, held in zip(files, held_out, strict=True) if held == (split == "val")]
     elif split in [d.name for d in subdirs]:  # folder/<split>/<class>/<image>
-        classes = sorted({c.name for d in subdirs for c in _subdirs(d)})
+        per_split = {d.name: {c: _images_in(c) for c in _subdirs(d)} for d in subdirs}
+        for split_name, per_class in per_split.items():
+            _refuse_empty_classes(folder / split_name, per_class)
+        classes = sorted({c.name for per_class in per_split.values() for c in per_class})
         index = {name: i for i, name in enumerate(classes)}
-        files = [(index[d.name], path) for d in _subdirs(folder / split) for path in _images_in(d)]
+        files = [(index[c.name], path) for c, paths in per_split[split].items() for path in paths]
     else:
         found = ", ".join(d.name for d in subdirs) or "none"
         raise DataError(f"{folder} has no {split!r} folder (found: {found}): expected {folder}/<split>/<class>/<image>")
@@ -166,6 +344,15 @@ def _held_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return held
 
 
+def _refuse_empty_classes(folder: Path, images_per_class: dict[Path, list[Path]]) -> None:
+    for class_dir, images in images_per_class.items():
+        if not images:
+            raise DataError(
+                f"class folder {class_dir.name!r} in {folder} holds no images: remove it or add images; "
+                "an empty class would shift every label after it"
+            )
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir())
 
@@ -174,26 +361,130 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def decode_images(raw: RawSplit, size: int, in_chans: int) -> Tensor:
-    """The split's images as uint8 [N, in_chans, size, size], each fitted to ``size`` by :func:`fit`.
+OnBadFile = Literal["error", "skip"]
 
-    Grayscale becomes 3 equal channels for ``in_chans=3``; colour becomes luma (PIL's "L") for ``in_chans=1``.
+
+@dataclass
+class DecodedSplit:
+    """The images of a split that decode, uint8 [M, C, S, S], their labels (int64 [M]), and the files skipped."""
+
+    images: Tensor
+    labels: Tensor
+    skipped: list[str]  # the undecodable files (paths, or "image <i>" for in-memory files), in split order
+
+
+def decode_split(raw: RawSplit, size: int, in_chans: int, on_bad_file: OnBadFile = "error") -> DecodedSplit:
+    """The split's images as uint8 [N, in_chans, size, size], each fitted to ``size`` by :func:`fit`, and its labels.
+
+    Grayscale becomes 3 equal channels for ``in_chans=3``; colour becomes luma (PIL's "L") for ``in_chans=1``;
+    16-bit and 32-bit images are brought to 8 bits first (see :func:`_to_8bit`).
+
+    on_bad_file: an image file that cannot be decoded is a :class:`DataError` naming it ("error"), or is dropped with
+        its label and named in ``skipped`` ("skip"); a split none of whose files decode is an error either way.
     """
-    if isinstance(raw.images, np.ndarray):
-        images = _match_channels(torch.from_numpy(np.ascontiguousarray(raw.images)), in_chans)
-        return torch.cat([fit(chunk, size) for chunk in images.split(1024)])
+    if on_bad_file not in ("error", "skip"):
+        raise ConfigError(f"on_bad_file must be 'error' or 'skip', not {on_bad_file!r}")
+    labels = torch.from_numpy(np.array(raw.labels, dtype=np.int64))
+    if len(labels) != len(raw.images) or len(labels) == 0:
+        raise DataError(f"the split has {len(raw.images)} images and {len(labels)} labels: re-prepare the dataset")
+    if labels.min() < 0 or labels.max() >= len(raw.classes):
+        raise DataError(
+            f"the split's labels run from {int(labels.min())} to {int(labels.max())} but it has {len(raw.classes)} "
+            "classes: re-prepare the dataset"
+        )
+    images, kept, skipped = _decode_all(raw.images, size, in_chans, on_bad_file)
+    if skipped:
+        log.warning("skipped %d undecodable image files of %d, the first %s", len(skipped), len(labels), skipped[0])
+    return DecodedSplit(images, labels if not skipped else labels[kept], skipped)
+
+
+def decode_images(raw: RawSplit, size: int, in_chans: int) -> Tensor:
+    """The split's images as uint8 [N, in_chans, size, size] (its labels unused): like :func:`decode_split`, where
+    any bad file is an error."""
+    return _decode_all(raw.images, size, in_chans, "error")[0]
+
+
+def _decode_all(
+    files: np.ndarray | list[Path] | list[bytes], size: int, in_chans: int, on_bad_file: OnBadFile
+) -> tuple[Tensor, list[int], list[str]]:
+    """The images that decode, the indices they have in ``files``, and the names of the files skipped."""
+    if len(files) == 0:
+        raise DataError("the split holds no images: re-prepare the dataset")
+    if isinstance(files, np.ndarray):
+        return _fit_array(files, size, in_chans), list(range(len(files))), []
     mode = "RGB" if in_chans == 3 else "L"
-    return torch.stack([fit(_decode(file, i, mode)[None], size)[0] for i, file in enumerate(raw.images)])
+    images, kept, skipped = [], [], []
+    for i, file in enumerate(files):
+        try:
+            images.append(fit(_decode(file, i, mode)[None], size)[0])
+            kept.append(i)
+        except DataError:
+            if on_bad_file == "error":
+                raise
+            skipped.append(str(_name(file, i)))
+    if not images:
+        raise DataError(f"none of the split's {len(files)} image files decode (one: {skipped[0]}): re-prepare it")
+    return torch.stack(images), kept, skipped
+
+
+def _fit_array(images: np.ndarray, size: int, in_chans: int) -> Tensor:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3) or 0 in images.shape:
+        raise DataError(
+            f"the split's pixels are {images.dtype} {list(images.shape)}, expected uint8 [N, 1 or 3, H, W]: "
+            "re-prepare the dataset"
+        )
+    images = _match_channels(torch.from_numpy(np.ascontiguousarray(images)), in_chans)
+    return torch.cat([fit(chunk, size) for chunk in images.split(1024)])
+
+
+def _name(file: Path | bytes, index: int) -> Path | str:
+    return file if isinstance(file, Path) else f"image {index}"
 
 
 def _decode(file: Path | bytes, index: int, mode: str) -> Tensor:
-    name = file if isinstance(file, Path) else f"image {index}"
+    """One image file as uint8 [C, H, W] in PIL ``mode`` ("RGB" or "L"); any failure is a DataError naming it."""
     try:
         with Image.open(file if isinstance(file, Path) else io.BytesIO(file)) as image:
-            pixels = np.array(image.convert(mode))
-    except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for unreadable or truncated files
-        raise DataError(f"cannot decode {name} ({err}): remove the file or re-prepare the dataset") from err
+            pixels = np.array(_to_8bit(image).convert(mode))
+        if pixels.size == 0:
+            raise ValueError("the image has no pixels")
+    except Exception as err:  # PIL raises many types for damaged or hostile files (OSError, SyntaxError,
+        # struct.error, DecompressionBombError, ...): all mean the file is not a usable image
+        raise DataError(
+            f"cannot decode {_name(file, index)} ({_describe(err)}): remove the file or re-prepare the dataset"
+        ) from err
     return torch.from_numpy(np.atleast_3d(pixels)).permute(2, 0, 1)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` with its single high-bit-depth channel brought to 8 bits ("L"); other modes are returned as they are.
+
+    PIL's own ``convert`` clips such images at 255, so most of a 16-bit image would come out white. The rules:
+
+    - 16-bit ("I;16", "I;16B", ...): ``round(v / 257)``, i.e. ``(v + 128) // 257``: the nearest 8-bit value, 0 -> 0,
+      65535 -> 255, and an 8-bit image stored as 16 bits (``v * 257``) comes back exactly.
+    - 32-bit integer ("I"): the same when all values lie in 0..65535 (PIL opens some 16-bit files as "I");
+      otherwise the image's own range min..max is stretched linearly to 0..255.
+    - float ("F"): ``round(v * 255)`` when all values lie in [0, 1]; otherwise min..max stretched to 0..255. An image
+      with NaN or infinite values cannot be decoded.
+
+    A constant image outside those ranges becomes 0.
+    """
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image)
+    if not np.isfinite(values).all():
+        raise ValueError("pixel values that are NaN or infinite")
+    low, high = values.min(), values.max()
+    if image.mode != "F" and low >= 0 and high <= 65535:
+        pixels = (values.astype(np.int64) + 128) // 257
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        pixels = np.rint(values.astype(np.float64) * 255)
+    elif high > low:
+        pixels = np.rint((values.astype(np.float64) - low) * (255 / (float(high) - float(low))))
+    else:
+        pixels = np.zeros(values.shape)
+    return Image.fromarray(pixels.astype(np.uint8))  # 2-D uint8: mode "L"
 
 
 def _match_channels(images: Tensor, in_chans: int) -> Tensor:

@@ -1,18 +1,22 @@
-"""Checkpoints: one safetensors file each, written atomically, holding everything a resume needs.
+"""Checkpoints: one safetensors file each, written atomically, verified on load, holding everything a resume needs.
 
 ``last.safetensors`` holds the model (``model.*``), the EMA model (``ema.*``), the optimizer's tensors
-(``optim.*``) and the RNG states (``rng.*``); its safetensors metadata carries the JSON state (epoch, step,
-best metric, optimizer hyper-parameters, config). A readable copy of that JSON sits beside it. One file and one
-``os.replace`` means a crash leaves either the old checkpoint or the new one, never a mix.
+(``optim.*``) and the RNG states (``rng.*``, ``gen.*``); its safetensors metadata carries the JSON state (epoch,
+step, best metric, optimizer hyper-parameters) and a sha256 of every tensor, checked when it is read. A readable
+copy of that JSON sits beside it. One file and one ``os.replace`` means a crash leaves either the old checkpoint or
+the new one, never a mix; the checkpoint it replaces is kept as ``last.prev.safetensors``, so a ``last`` that is
+damaged later (a bad disk, a truncated copy) still leaves one to resume from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -20,36 +24,89 @@ from torch import Tensor
 from smallvit.errors import SmallViTError
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write, keep_previous: Path | None = None) -> None:
+    """Write through a temporary file and one ``os.replace``; with ``keep_previous``, the file being replaced is first
+    hard-linked there, so at every instant both ``path`` and the previous version are complete files."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if keep_previous is not None and path.is_file():
+            link = keep_previous.with_name(f".{keep_previous.name}.tmp-{os.getpid()}")
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, keep_previous)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SmallViTError(
+            f"could not write {path} ({err.strerror or err}): free disk space or fix permissions, then resume "
+            "with `smallvit train --resume RUN`; the previous checkpoint is intact"
+        ) from None
+
+
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].contiguous()
+        digest.update(f"{key}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, tensors: dict[str, Tensor], state: dict) -> None:
-    """Write ``tensors`` and the JSON-able ``state`` to ``path`` (+ ``path.with_suffix('.json')``) atomically."""
+    """Write ``tensors`` and the JSON-able ``state`` to ``path`` (+ ``path.with_suffix('.json')``) atomically; a
+    ``last`` checkpoint it replaces becomes ``last.prev``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(state, indent=2, default=str)
-    _write_atomic(path, lambda tmp: save_file(flat, str(tmp), metadata={"state": text}))
+    metadata = {"state": text, "sha256": tensor_digest(flat)}
+    keep = previous_checkpoint(path) if path.stem == "last" else None
+    _write_atomic(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata), keep_previous=keep)
     _write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
 
 
+def previous_checkpoint(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def load_checkpoint(path: Path, prefix: str | None = None) -> tuple[dict[str, Tensor], dict]:
-    """Read a checkpoint; with ``prefix`` only the tensors under it, with the prefix stripped."""
+    """Read and verify a checkpoint; with ``prefix`` only the tensors under it, with the prefix stripped."""
     if not path.is_file():
         raise SmallViTError(f"checkpoint '{path}' does not exist: give a run folder or a .safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            state = json.loads((f.metadata() or {}).get("state", "{}"))
-            keys = [k for k in f.keys() if prefix is None or k.startswith(prefix)]
-            tensors = {k[len(prefix or "") :]: f.get_tensor(k) for k in keys}
-    except (OSError, ValueError, json.JSONDecodeError) as err:
-        raise SmallViTError(f"checkpoint '{path}' is unreadable ({err}): use another checkpoint of the run") from None
+            metadata = f.metadata() or {}
+            state = json.loads(metadata.get("state", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SmallViTError(
+            f"checkpoint '{path}' is unreadable ({reason}): use another checkpoint of the run"
+        ) from None
+    if "sha256" in metadata and tensor_digest(tensors) != metadata["sha256"]:
+        raise SmallViTError(f"checkpoint '{path}' fails its checksum (damaged on disk): use another checkpoint")
+    if prefix is not None:
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     return tensors, state
+
+
+def usable_checkpoint(folder: Path, console: Console | None = None) -> tuple[Path, dict]:
+    """The run's ``last`` checkpoint and its state, or — when ``last`` is missing or damaged — ``last.prev`` (said
+    on ``console``)."""
+    last = folder / "last.safetensors"
+    try:
+        return last, load_checkpoint(last)[1]
+    except SmallViTError as err:
+        previous = previous_checkpoint(last)
+        if not previous.is_file():
+            raise
+        if console is not None:
+            console.print(f"{err}; resuming from the checkpoint before it, {previous.name}")
+        return previous, load_checkpoint(previous)[1]
 
 
 def prefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -6,16 +6,17 @@ always rebuilds exactly the model that was trained.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from smallvit.config import RunConfig
-from smallvit.data import get_dataset_info, load_dataset, stratified_subset
+from smallvit.config import RunConfig, read_yaml_mapping, validate_run
+from smallvit.data import ImageDataset, get_dataset_info, load_dataset, split_validation, stratified_subset
 from smallvit.data.pipeline import Augmentation, ViewSpec, build_augmentation, eval_augmentation
 from smallvit.data.transforms import OPS
 from smallvit.engine.checkpoint import load_checkpoint
@@ -56,27 +57,53 @@ class TrainModel(nn.Module):
 
 
 @dataclass
+class EvalSet:
+    """An evaluated split in memory: ``images`` uint8 [N, C, H, W] on the device, ``labels`` [N]."""
+
+    name: str
+    images: Tensor
+    labels: Tensor
+
+
+@dataclass
 class Experiment:
     config: RunConfig
     device: torch.device
     train_images: Tensor
     train_labels: Tensor
-    eval_images: Tensor
-    eval_labels: Tensor
+    val: EvalSet | None
+    test: EvalSet | None
     classes: list[str]
     subset_indices: Tensor | None
     model: TrainModel
     augment: Augmentation
     eval_augment: Augmentation
     init_report: LoadReport | None = None
+    splits: dict[str, dict] = field(default_factory=dict)
+
+    def eval_set(self, which: str) -> EvalSet:
+        """The ``val`` or ``test`` split, with a clear error when the run has none."""
+        found = {"val": self.val, "test": self.test}.get(which)
+        if found is None:
+            raise SmallViTError(
+                f"this run has no {which} split: set data.{which}_split"
+                + (" or data.val_fraction" if which == "val" else "")
+            )
+        return found
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA GPU is visible: use train.device=cpu or auto")
-    return torch.device(name)
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device={name} is not supported: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def geometry(config: RunConfig) -> tuple[int, int, int]:
@@ -146,30 +173,94 @@ def _check_view_sizes(augment: Augmentation, images: Tensor, img_size: int) -> N
             )
 
 
-def _check_recipe(config: RunConfig, has_labels: bool) -> None:
-    _check_best_metric(config)
+def _check_recipe(config: RunConfig, has_labels: bool, has_val: bool) -> None:
+    _check_best_metric(config, has_val)
     for objective in config.objectives:
         if OBJECTIVES[objective.name].requires_labels and not has_labels:
             raise ConfigError(f"objective '{objective.name}' needs class labels, which this dataset does not have")
 
 
-def _check_best_metric(config: RunConfig) -> None:
+def _check_best_metric(config: RunConfig, has_val: bool) -> None:
     metric = config.train.best_metric
     if metric is None:
         return
+    if metric.startswith("test/"):
+        raise ConfigError(
+            f"train.best_metric={metric!r} would choose the checkpoint on the test split, which is only reported: "
+            f"use {metric.replace('test/', 'val/', 1)}"
+        )
+    if not has_val:
+        raise ConfigError(
+            f"train.best_metric={metric!r} needs a validation split, and this run has none: "
+            "set data.val_fraction (e.g. 0.1) or train.best_metric=null"
+        )
     keys = {o.name for o in config.objectives}
     parts = metric.split("/")
-    known = parts[:1] == ["eval"] and (
+    known = parts[:1] == ["val"] and (
         parts[1:] == ["loss"] or (len(parts) == 3 and (parts[1] in keys or parts[1] == "knn"))
     )
     if not known and not parts[1:2] == ["ema"]:
         raise ConfigError(
-            f"train.best_metric={metric!r} names no metric this run produces: use eval/loss, "
-            f"eval/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}), eval/knn/acc1 "
+            f"train.best_metric={metric!r} names no metric this run produces: use val/loss, "
+            f"val/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}), val/knn/acc1 "
             "or null (keep the final weights)"
         )
     if parts[1:2] == ["knn"] and not config.train.knn_every:
         raise ConfigError(f"train.best_metric={metric!r} needs online kNN: set train.knn_every (e.g. 5)")
+
+
+def content_digest(images: Tensor, labels: Tensor) -> str:
+    """sha256 of a split's decoded pixels and labels: which images a number was measured on, in one string."""
+    digest = hashlib.sha256()
+    digest.update(images.cpu().contiguous().numpy().tobytes())
+    digest.update(labels.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_splits(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, ImageDataset | None, Tensor | None]:
+    """The training set (after carving validation and taking ``data.subset``), the validation and test sets, and the
+    subset's indices into the training split after carving.
+
+    Validation is the dataset's own split where it has one (``data.val_split`` or the dataset's default), else
+    ``data.val_fraction`` of each training class held out with ``data.val_seed``; the test split is the dataset's
+    unless ``data.test_split`` names another ('none': no test set).
+    """
+    data = config.data
+    info = get_dataset_info(data.dataset)
+    image_size, _, _ = geometry(config)
+
+    def load(split: str) -> ImageDataset:
+        return load_dataset(
+            data.dataset,
+            split,
+            root=data.root,
+            image_size=image_size,
+            in_chans=data.in_chans,
+            on_bad_file=data.on_bad_file,
+        )
+
+    train_set = load(data.train_split)
+    val_name = data.val_split or info.val_split
+    if val_name is not None:
+        val_set = load(val_name)
+    elif data.val_fraction > 0:
+        kept, held_out = split_validation(train_set.labels, data.val_fraction, data.val_seed)
+        val_set = replace(train_set.subset(held_out), split=f"{data.train_split}[val {data.val_fraction:g}]")
+        train_set = train_set.subset(kept)
+    else:
+        val_set = None
+    test_name = data.test_split or info.test_split
+    test_set = load(test_name) if test_name and test_name != "none" else None
+    subset_indices = None
+    if data.subset is not None:
+        subset_indices = stratified_subset(train_set.labels, **data.subset.model_dump())
+        train_set = train_set.subset(subset_indices)
+    if data.eval_subset is not None:
+        val_set, test_set = (
+            s.subset(stratified_subset(s.labels, **data.eval_subset.model_dump())) if s is not None else None
+            for s in (val_set, test_set)
+        )
+    return train_set, val_set, test_set, subset_indices
 
 
 def build_experiment(config: RunConfig, device: torch.device | None = None, load_init: bool = True) -> Experiment:
@@ -177,20 +268,9 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
     device = device or resolve_device(config.train.device)
     data = config.data
     info = get_dataset_info(data.dataset)
-    image_size, img_size, patch_size = geometry(config)
-    train_set = load_dataset(
-        data.dataset, data.train_split, root=data.root, image_size=image_size, in_chans=data.in_chans
-    )
-    eval_set = load_dataset(
-        data.dataset, data.eval_split, root=data.root, image_size=image_size, in_chans=data.in_chans
-    )
-    subset_indices = None
-    if data.subset is not None:
-        subset_indices = stratified_subset(train_set.labels, **data.subset.model_dump())
-        train_set = train_set.subset(subset_indices)
-    if data.eval_subset is not None:
-        eval_set = eval_set.subset(stratified_subset(eval_set.labels, **data.eval_subset.model_dump()))
-    _check_recipe(config, has_labels=train_set.labels is not None)
+    _, img_size, patch_size = geometry(config)
+    train_set, val_set, test_set, subset_indices = load_splits(config)
+    _check_recipe(config, has_labels=train_set.labels is not None, has_val=val_set is not None)
 
     backbone = build_backbone(
         config.model.preset,
@@ -212,6 +292,7 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
         num_train=len(train_set),
         has_cls_token=backbone.has_cls_token,
         has_pos_embed=backbone.has_pos_embed,
+        has_patch_tokens=backbone.has_patch_tokens,
     )
     model = TrainModel(backbone, [build_objective(o, setup) for o in config.objectives])
     report = None
@@ -221,32 +302,40 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
     views = {name: _with_patch_size(spec, patch_size) for name, spec in config.augment.items()}
     augment = build_augmentation(views, mean, std)
     _check_view_sizes(augment, train_set.images[:2], img_size)
+    splits = {
+        role: {
+            "name": d.split,
+            "images": len(d),
+            "per_class": torch.bincount(d.labels, minlength=len(d.classes)).tolist(),
+            "sha256": content_digest(d.images, d.labels),
+            "skipped_files": list(d.skipped),
+        }
+        for role, d in (("train", train_set), ("val", val_set), ("test", test_set))
+        if d is not None
+    }
     return Experiment(
         config=config,
         device=device,
         train_images=train_set.images.to(device),
         train_labels=train_set.labels.to(device),
-        eval_images=eval_set.images.to(device),
-        eval_labels=eval_set.labels.to(device),
+        val=EvalSet("val", val_set.images.to(device), val_set.labels.to(device)) if val_set is not None else None,
+        test=EvalSet("test", test_set.images.to(device), test_set.labels.to(device)) if test_set is not None else None,
         classes=list(train_set.classes),
         subset_indices=subset_indices,
         model=model.to(device),
         augment=augment,
         eval_augment=eval_augmentation(img_size, mean, std),
         init_report=report,
+        splits=splits,
     )
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
     """The resolved config a run folder was trained with."""
-    import yaml
-
-    from smallvit.config import validate_run
-
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise SmallViTError(f"'{run_dir}' is not a run folder (no config.yaml): give a folder under runs/")
-    return validate_run(yaml.safe_load(path.read_text()), f"run '{run_dir}'")
+    return validate_run(read_yaml_mapping(path, "run config"), f"run '{run_dir}'")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +37,44 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class LogWindow:
+    """Training metrics summed over the steps since the last log line, and the images/s they ran at.
+
+    Values stay tensors until :meth:`record`, so logging costs no device synchronisation between log lines.
+    """
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.steps = 0
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def add(self, metrics: dict, images: int) -> None:
+        for key, value in metrics.items():
+            value = value.detach() if hasattr(value, "detach") else value
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+    def record(self) -> tuple[dict[str, float], float]:
+        """The window's mean metrics (keys prefixed ``train/``) and its images/s; starts a new window."""
+        rate = self.images / max(time.perf_counter() - self.started, 1e-9)
+        means = {f"train/{k}": float(v) / self.steps for k, v in self.sums.items()}
+        self.__init__()
+        return means, rate
+
+
+def headline(record: dict, prefix: str = "train/") -> str:
+    """The loss and every objective's top-1 of a log record, on one line: ``loss 1.234  supervised 0.456``."""
+    parts = [f"loss {record[prefix + 'loss']:.3f}"] if prefix + "loss" in record else []
+    parts += [
+        f"{k[len(prefix) : -len('/acc1')]} {v:.3f}"
+        for k, v in record.items()
+        if k.startswith(prefix) and k.endswith("/acc1")
+    ]
+    return "  ".join(parts)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -74,9 +113,9 @@ def plot_curves(run_dir: Path) -> Path | None:
     accuracy_keys = sorted({k for r in evals for k in r if k.endswith("acc1")})
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["epoch"] for r in train], [r["train/loss"] for r in train], label="train loss", alpha=0.7)
-    eval_losses = [(r["epoch"], r["eval/loss"]) for r in evals if "eval/loss" in r]
-    if eval_losses:
-        ax_loss.plot(*zip(*eval_losses), "o-", label="eval loss")
+    val_losses = [(r["epoch"], r["val/loss"]) for r in evals if "val/loss" in r]
+    if val_losses:
+        ax_loss.plot(*zip(*val_losses), "o-", label="val loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()

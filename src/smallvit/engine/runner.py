@@ -7,26 +7,85 @@ that finished (they have ``summary.json``) and continues the first that did not.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
-from smallvit.config import Recipe, RunConfig, validate_run
+from smallvit.config import Recipe, RunConfig, read_yaml_mapping, validate_run
 from smallvit.engine.experiment import write_json
 from smallvit.engine.trainer import train
 from smallvit.errors import SmallViTError
 
 
 def new_run_dir(runs_dir: Path, recipe_name: str, name: str | None) -> Path:
+    """Create and return a new, empty run folder ``<runs_dir>/<name or recipe-timestamp>``, adding ``-2``, ``-3``…
+    when taken. Creation is one ``mkdir``, which only one process can win, so concurrent runs never share a folder."""
     stem = name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = runs_dir / stem
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = runs_dir / f"{stem}-{suffix}"
-    return run_dir
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1, 10_000):
+            run_dir = runs_dir / (stem if suffix == 1 else f"{stem}-{suffix}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except (FileExistsError, NotADirectoryError):
+        raise SmallViTError(f"--runs-dir {runs_dir} is a file, not a folder: give a folder") from None
+    except OSError as err:
+        raise SmallViTError(
+            f"cannot create a run folder in {runs_dir} ({err.strerror}): give a writable --runs-dir"
+        ) from None
+    raise SmallViTError(f"{runs_dir} already holds 9999 runs named {stem}: choose another --name")
+
+
+class RunLock:
+    """``<run>/.lock`` holding the owner's PID and host, taken with ``O_EXCL`` so two processes never train into one
+    folder at once; a lock left by a process that no longer runs (on this host) is taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        owner = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    holder = self.path.read_text().strip() or "another process"
+                    raise SmallViTError(
+                        f"{self.path.parent} is in use by process {holder}: wait for it to finish, or stop it"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(owner + "\n")
+            self.held = True
+            return self
+        raise SmallViTError(f"could not lock {self.path.parent}: try again")
+
+    def _stale(self) -> bool:
+        try:
+            pid, host = self.path.read_text().split()
+            if host != socket.gethostname():
+                return False
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError):
+            return False
+        return False
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
 
 
 def stage_dirs(run_dir: Path, stages: list[RunConfig]) -> list[Path]:
@@ -39,23 +98,30 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, quiet: bool = False, console: C
     """Train every stage of ``recipe`` into ``run_dir``; returns their summaries."""
     console = console or Console()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if len(recipe.stages) > 1:
-        stages_yaml = {"name": recipe.name, "stages": [s.to_dict() for s in recipe.stages]}
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(stages_yaml, sort_keys=False))
-    return _run_stages(recipe.stages, stage_dirs(run_dir, recipe.stages), run_dir, quiet, console)
+    with _lock(run_dir):
+        if len(recipe.stages) > 1:
+            stages_yaml = {"name": recipe.name, "stages": [s.to_dict() for s in recipe.stages]}
+            (run_dir / "recipe.yaml").write_text(yaml.safe_dump(stages_yaml, sort_keys=False))
+        return _run_stages(recipe.stages, stage_dirs(run_dir, recipe.stages), run_dir, quiet, console)
+
+
+def _lock(run_dir: Path):
+    """The run folder's lock, taken by the first process only (under torchrun, rank 0 stands for all)."""
+    return RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext()
 
 
 def resume_run(run_dir: Path, *, quiet: bool = False, console: Console | None = None) -> list[dict]:
     """Continue an interrupted run folder (single- or multi-stage) from its last checkpoints."""
     console = console or Console()
     if (run_dir / "recipe.yaml").is_file():
-        raw = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        stages = [validate_run(s, f"run '{run_dir}'") for s in raw["stages"]]
+        raw = read_yaml_mapping(run_dir / "recipe.yaml", "run recipe")
+        stages = [validate_run(s, f"run '{run_dir}'") for s in raw.get("stages", [])]
     elif (run_dir / "config.yaml").is_file():
-        stages = [validate_run(yaml.safe_load((run_dir / "config.yaml").read_text()), f"run '{run_dir}'")]
+        stages = [validate_run(read_yaml_mapping(run_dir / "config.yaml", "run config"), f"run '{run_dir}'")]
     else:
         raise SmallViTError(f"'{run_dir}' is not a run folder (no config.yaml or recipe.yaml): check the path")
-    return _run_stages(stages, stage_dirs(run_dir, stages), run_dir, quiet, console, resume=True)
+    with _lock(run_dir):
+        return _run_stages(stages, stage_dirs(run_dir, stages), run_dir, quiet, console, resume=True)
 
 
 def _run_stages(

@@ -6,8 +6,12 @@ has no per-method cases. Distributed training (``torchrun``) is the few lines ma
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import signal
+import subprocess
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,7 +21,9 @@ import torch
 import torch.distributed as dist
 import yaml
 from rich.console import Console
+from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
+from torch import Tensor
 
 import smallvit
 from smallvit.config import RunConfig
@@ -31,12 +37,15 @@ from smallvit.engine.checkpoint import (
     restore_rng,
     rng_tensors,
     save_checkpoint,
+    usable_checkpoint,
 )
-from smallvit.engine.experiment import Experiment, build_experiment, write_json
-from smallvit.engine.logging import MetricsLog, make_progress, plot_curves, read_metrics
+from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, write_json
+from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
 from smallvit.engine.schedules import warmup_cosine
+from smallvit.errors import ConfigError, SmallViTError
 from smallvit.eval.features import extract_features
 from smallvit.eval.knn import knn_accuracy
+from smallvit.eval.linear import train_linear_probe
 from smallvit.models import no_weight_decay_names
 
 
@@ -68,17 +77,35 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on norms, biases, position embeddings and tokens."""
+def parameter_groups(model: torch.nn.Module, config: RunConfig) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases, position embeddings and tokens. With ``optim.layer_decay`` d,
+    layer-wise lr decay as BEiT (Bao et al., ICLR 2022) and MAE fine-tune: the objectives' heads at scale 1, the last
+    block at d, each block below one more factor d, the stem (patch embedding, tokens) lowest. timm's
+    ``param_groups_layer_decay`` groups the backbone (last layer at 1, as it has no head here), one factor d lower."""
+    optim = config.optim
+    if optim.layer_decay is not None:
+        inner = model.backbone.model
+        groups = param_groups_layer_decay(
+            inner, optim.weight_decay, no_weight_decay_names(inner), layer_decay=optim.layer_decay
+        )
+        for group in groups:
+            group["lr_scale"] *= optim.layer_decay
+        heads = [p for p in model.objectives.parameters() if p.requires_grad]
+        return groups + [
+            {"params": [p for p in heads if p.ndim > 1], "weight_decay": optim.weight_decay, "lr_scale": 1.0},
+            {"params": [p for p in heads if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
     skip = {f"backbone.{n}" for n in no_weight_decay_names(model.backbone)}
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over :func:`parameter_groups`; fused on CUDA, foreach on the CPU."""
+    groups = [g for g in parameter_groups(model, config) if g["params"]]
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(
         groups, lr=config.optim.lr, betas=config.optim.betas, fused=on_cuda or None, foreach=None if on_cuda else True
@@ -121,27 +148,30 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate(exp: Experiment, model: torch.nn.Module, prefix: str = "eval") -> dict[str, float]:
-    """Every objective's loss and metrics on the evaluation split, averaged over images.
+def evaluate(
+    exp: Experiment, model: torch.nn.Module, split: str = "val", prefix: str | None = None
+) -> dict[str, float]:
+    """Every objective's loss and metrics on the ``val`` or ``test`` split, averaged over images, keyed
+    ``<prefix>/<objective>/<metric>`` (prefix: the split's name).
 
     Objectives that draw at random (MAE masks, sampled relation pairs) draw the same at every evaluation, from a
     fixed seed on a forked RNG, so evaluation losses compare across epochs and training's random stream is untouched.
     """
     with torch.random.fork_rng(devices=[exp.device] if exp.device.type == "cuda" else []):
         torch.manual_seed(0)
-        return _evaluate(exp, model, prefix)
+        return _evaluate(exp, model, exp.eval_set(split), prefix or split)
 
 
-def _evaluate(exp: Experiment, model: torch.nn.Module, prefix: str) -> dict[str, float]:
+def _evaluate(exp: Experiment, model: torch.nn.Module, data: EvalSet, prefix: str) -> dict[str, float]:
     config = exp.config
     model.eval()
     sums: dict[str, float] = {}
     count = 0
     batch_size = config.train.batch_size
     weights = objective_weights(config, config.train.epochs)
-    for start in range(0, len(exp.eval_labels), batch_size):
-        images = exp.eval_images[start : start + batch_size]
-        labels = exp.eval_labels[start : start + batch_size]
+    for start in range(0, len(data.labels), batch_size):
+        images = data.images[start : start + batch_size]
+        labels = data.labels[start : start + batch_size]
         indices = torch.arange(start, start + len(labels), device=exp.device)
         main = exp.eval_augment(images, labels, indices, None, 0).main
         batch = Batch({name: main for name in config.augment})
@@ -157,12 +187,32 @@ def _evaluate(exp: Experiment, model: torch.nn.Module, prefix: str) -> dict[str,
 
 
 def online_knn(exp: Experiment, backbone: torch.nn.Module) -> dict[str, float]:
-    """Weighted kNN top-1 of the frozen features (k=20, T=0.07), logged as representation quality."""
+    """Weighted kNN top-1 (k=20, T=0.07) of the frozen validation features, logged as representation quality."""
     kwargs = dict(augment=exp.eval_augment, batch_size=exp.config.train.batch_size)
     train_features = extract_features(backbone, exp.train_images, **kwargs)
-    eval_features = extract_features(backbone, exp.eval_images, **kwargs)
-    accuracy = knn_accuracy(train_features, exp.train_labels, eval_features, exp.eval_labels, len(exp.classes))
-    return {"eval/knn/acc1": accuracy}
+    val_features = extract_features(backbone, exp.val.images, **kwargs)
+    accuracy = knn_accuracy(train_features, exp.train_labels, val_features, exp.val.labels, len(exp.classes))
+    return {"val/knn/acc1": accuracy}
+
+
+def init_head_from_probe(exp: Experiment) -> float:
+    """Set the classifier to a linear probe of the backbone's frozen training features (LP-FT: Kumar et al., "Fine-
+    Tuning can Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022): its L2 strength is
+    chosen on a held-out fifth of the training set. Returns the probe's training accuracy."""
+    head = exp.model.classifier_state()
+    if head is None:
+        raise ConfigError("model.head_init=linear_probe needs a classifier: add the supervised objective")
+    features = extract_features(exp.model.backbone, exp.train_images, exp.eval_augment, exp.config.train.batch_size)
+    probe = train_linear_probe(features, exp.train_labels, len(exp.classes))
+    weight, bias = probe.folded()
+    with torch.no_grad():
+        head["head.weight"].copy_(weight)
+        head["head.bias"].copy_(bias)
+    return probe.accuracy(features, exp.train_labels)
+
+
+class NonFiniteLoss(SmallViTError):
+    """The loss stopped being a finite number; the run stops rather than train (and checkpoint) a NaN model."""
 
 
 def optimizer_step(
@@ -173,22 +223,34 @@ def optimizer_step(
     gen: torch.Generator,
     epoch: int,
     weights: list[float],
-):
-    """One optimizer step on a uint8 batch: augment, forward, backward per micro-batch, clip, update."""
+    precision: str,
+) -> tuple[dict[str, Tensor], bool]:
+    """One optimizer step on a uint8 batch: augment, forward, backward per micro-batch, clip, update.
+
+    Returns the step's metrics (``loss`` and every objective's, means over micro-batches weighted by their images)
+    and whether the loss was finite; when it was not, the parameters are left as they were.
+    """
     config = exp.config
     images, labels, indices = data
     micro = -(-len(images) // config.train.accumulation)
+    totals: dict[str, Tensor] = {}
     for start in range(0, len(images), micro):
         chunk = slice(start, start + micro)
+        share = len(indices[chunk]) / len(images)
         batch = exp.augment(images[chunk], labels[chunk], indices[chunk], gen, epoch)
-        with autocast(exp.device, config.train.precision):
+        with autocast(exp.device, precision):
             loss, metrics = train_model(batch, weights, training=True, epoch=epoch)
-        (loss * len(indices[chunk]) / len(images)).backward()
-    if config.optim.clip_grad:
-        torch.nn.utils.clip_grad_norm_(exp.model.parameters(), config.optim.clip_grad)
-    optimizer.step()
+        (loss * share).backward()
+        for key, value in {"loss": loss, **metrics}.items():
+            value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
+            totals[key] = totals.get(key, 0.0) + value * share
+    finite = bool(torch.isfinite(totals["loss"]))
+    if finite:
+        if config.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(exp.model.parameters(), config.optim.clip_grad)
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, metrics
+    return totals, finite
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -206,9 +268,54 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.jsonl"
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
     if path.exists():
-        import json
-
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step (a second signal stops at once)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(SmallViTError):
+    """The run was stopped by a signal after writing a checkpoint it can resume from."""
+
+
+def _nonfinite_message(metrics: dict, step: int, checkpoint: Path) -> str:
+    bad = [k.removesuffix("/loss") for k, v in metrics.items() if k.endswith("/loss") and not torch.isfinite(v)]
+    last = f"the last good checkpoint is {checkpoint}" if checkpoint.is_file() else "no checkpoint was written yet"
+    return (
+        f"the loss is not finite at step {step} (objective: {', '.join(bad) or 'total'}); {last}: lower optim.lr or "
+        "the objective weights, or set train.skip_nonfinite to skip a few bad steps"
+    )
+
+
+def _save(path: Path, model: torch.nn.Module, tensors: dict[str, Tensor], state: dict) -> None:
+    """Write a checkpoint, but never one of a model with non-finite weights."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLoss(
+            f"the weights became non-finite ({bad[0]} and {len(bad) - 1} more) at step {state['step']}, so "
+            f"{path.name} was not written: lower optim.lr or set optim.clip_grad"
+        )
+    save_checkpoint(path, tensors, state)
 
 
 def train(
@@ -226,13 +333,23 @@ def train(
     seed_everything(config.train.seed + ddp.rank)
     exp = build_experiment(config)
     model, device, tc = exp.model, exp.device, config.train
+    precision = resolve_precision(tc.precision, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if ddp.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if exp.subset_indices is not None:
             write_json(run_dir / "subset_indices.json", {"train": exp.subset_indices.tolist()})
+        write_json(run_dir / "data.json", {"classes": exp.classes, "splits": exp.splits})
+        unreadable = sorted({name for split in exp.splits.values() for name in split["skipped_files"]})
+        if unreadable:
+            (run_dir / "skipped_files.txt").write_text("\n".join(unreadable) + "\n")
+            console.print(f"skipped {len(unreadable)} undecodable image(s), listed in {run_dir / 'skipped_files.txt'}")
         if exp.init_report is not None:
             console.print(f"initialised from {config.model.init_from}: {exp.init_report.summary()}")
+    if config.model.head_init == "linear_probe" and config.model.init_from and not resume:
+        accuracy = init_head_from_probe(exp)
+        if ddp.is_main:
+            console.print(f"classifier initialised as a linear probe of the loaded features (train acc {accuracy:.4f})")
     optimizer = build_optimizer(model, config)
     ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay else None
     if tc.compile:
@@ -250,131 +367,164 @@ def train(
         world_size=ddp.world_size,
     )
     steps_per_epoch = len(loader)
-    start_epoch, step, best, throughput = 0, 0, None, []
     checkpoints = run_dir / "checkpoints"
+    progress_state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "throughput": [], "skipped": 0}
+    gen = torch.Generator(device=device)
+    gen_state = None
     if resume:
-        tensors, state = load_checkpoint(checkpoints / "last.safetensors")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        path, state = usable_checkpoint(checkpoints, console if ddp.is_main else None)
+        model.load_state_dict(load_checkpoint(path, prefix="model.")[0])
         if ema is not None:
-            ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            ema.module.load_state_dict(load_checkpoint(path, prefix="ema.")[0])
+        tensors = load_checkpoint(path)[0]
         optimizer_from_flat(optimizer, tensors, state["optimizer"])
         restore_rng(tensors)
-        start_epoch, step, best, throughput = state["epoch"], state["step"], state["best"], state["throughput"]
+        gen_state = tensors.get(f"gen.rank{ddp.rank}")
+        progress_state.update({k: state[k] for k in progress_state if k in state})
         if ddp.is_main:
-            _truncate_metrics(run_dir, step)
-            console.print(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
+            _truncate_metrics(run_dir, progress_state["step"])
+            where = f"epoch {progress_state['epoch'] + 1}, batch {progress_state['batch']}"
+            console.print(f"resuming {run_dir} at {where} (step {progress_state['step']})")
+    step, best, throughput, skipped = (progress_state[k] for k in ("step", "best", "throughput", "skipped"))
     log = MetricsLog(run_dir, enabled=ddp.is_main)
-    gen = torch.Generator(device=device)
     warmup = config.optim.warmup(tc.epochs)
     started = time.perf_counter()
     eval_metrics: dict[str, float] = {}
 
+    def checkpoint_state(epoch: int, batch: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+        """(weights only, everything a resume needs, JSON state) at ``batch`` of ``epoch`` (0: its start)."""
+        weights_only = prefixed("model.", model.state_dict())
+        if ema is not None:
+            weights_only.update(prefixed("ema.", ema.module.state_dict()))
+        optim_tensors, optim_meta = optimizer_to_flat(optimizer)
+        state = {
+            "epoch": epoch,
+            "batch": batch,
+            "step": step,
+            "best": best,
+            "best_metric": tc.best_metric,
+            "throughput": throughput,
+            "skipped": skipped,
+            "metrics": eval_metrics,
+            "optimizer": optim_meta,
+        }
+        extra = {f"gen.rank{ddp.rank}": gen.get_state()} if batch else {}
+        return weights_only, {**weights_only, **optim_tensors, **rng_tensors(), **extra}, state
+
     # ---- loop
-    with make_progress(console, quiet or not ddp.is_main) as progress:
+    with StopRequest() as stop, make_progress(console, quiet or not ddp.is_main) as progress:
         task = progress.add_task("", total=steps_per_epoch, stats="")
-        for epoch in range(start_epoch, tc.epochs):
+        for epoch in range(progress_state["epoch"], tc.epochs):
             loader.set_epoch(epoch)
             gen.manual_seed(tc.seed * 1_000_003 + ddp.rank * 10_007 + epoch)
-            progress.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{tc.epochs}")
-            window: dict[str, float] = {}
-            window_steps, window_images, window_start = 0, 0, time.perf_counter()
+            first_batch = progress_state["batch"] if epoch == progress_state["epoch"] else 0
+            if first_batch and gen_state is not None:  # resuming mid-epoch (after a signal): same augmentations
+                gen.set_state(gen_state)
+            description = f"epoch {epoch + 1}/{tc.epochs}"
+            progress.reset(task, total=steps_per_epoch, completed=first_batch, description=description)
+            window = LogWindow()
             for i, (images, labels, indices) in enumerate(loader):
+                if i < first_batch:
+                    continue
                 epoch_float = epoch + i / steps_per_epoch
                 # the learning rate is that at the end of this step, so warm-up's first step is not wasted at lr 0
                 lr = warmup_cosine(
                     epoch_float + 1 / steps_per_epoch, tc.epochs, warmup, config.optim.lr, config.optim.min_lr
                 )
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 weights = objective_weights(config, epoch_float)
-                loss, metrics = optimizer_step(
-                    exp, train_model, optimizer, (images, labels, indices), gen, epoch, weights
+                metrics, finite = optimizer_step(
+                    exp, train_model, optimizer, (images, labels, indices), gen, epoch, weights, precision
                 )
-                if ema is not None:
-                    ema.update(model, step=step)
                 step += 1
-                metrics["loss"] = loss.detach()
-                for key, value in metrics.items():
-                    window[key] = window.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
-                window_steps += 1
-                window_images += len(images) * ddp.world_size
-                if step % tc.log_every == 0 or i == steps_per_epoch - 1:
-                    seconds = time.perf_counter() - window_start
-                    record = {f"train/{k}": float(v) / window_steps for k, v in window.items()}
-                    rate = window_images / max(seconds, 1e-9)
+                if not finite:
+                    skipped += 1
+                    if skipped > tc.skip_nonfinite:
+                        raise NonFiniteLoss(_nonfinite_message(metrics, step, checkpoints / "last.safetensors"))
+                    if ddp.is_main:
+                        progress.console.print(f"step {step}: non-finite loss, skipped ({skipped}/{tc.skip_nonfinite})")
+                else:
+                    if ema is not None:
+                        ema.update(model, step=step)
+                    window.add(metrics, len(images) * ddp.world_size)
+                if window.steps and (step % tc.log_every == 0 or i == steps_per_epoch - 1):
+                    record, rate = window.record()
                     throughput.append(rate)
                     record.update(kind="train", step=step, epoch=round(epoch_float + 1 / steps_per_epoch, 4), lr=lr)
                     record["train/images_per_s"] = rate
+                    if tc.skip_nonfinite:
+                        record["train/skipped_nonfinite"] = skipped
                     log.write(record)
-                    accuracies = [k for k in record if k.endswith("/acc1")]
-                    acc = record.get("train/supervised/acc1", record[accuracies[0]] if accuracies else None)
-                    stats = f"loss {record['train/loss']:.3f}" + (f"  acc {acc:.3f}" if acc is not None else "")
+                    stats = headline(record)
                     progress.update(task, stats=f"{stats}  {rate:.0f} img/s")
                     if quiet and i == steps_per_epoch - 1 and ddp.is_main:
                         console.print(f"epoch {epoch + 1}/{tc.epochs}: {stats}  {rate:.0f} img/s  lr {lr:.2e}")
-                    window, window_steps, window_images, window_start = {}, 0, 0, time.perf_counter()
                 progress.advance(task)
+                if stop.signal is not None and i < steps_per_epoch - 1:
+                    if ddp.is_main:
+                        _, tensors, state = checkpoint_state(epoch, i + 1)
+                        _save(checkpoints / "last.safetensors", model, tensors, state)
+                    raise Interrupted(
+                        f"stopped by signal {stop.signal} at step {step} (epoch {epoch + 1}), checkpoint written"
+                    )
 
-            # ---- evaluation
+            # ---- evaluation (validation only; the test split is evaluated once, after the last epoch)
             last_epoch = epoch + 1 == tc.epochs
-            do_eval = last_epoch or (tc.eval_every and (epoch + 1) % tc.eval_every == 0)
-            do_knn = tc.knn_every and ((epoch + 1) % tc.knn_every == 0 or last_epoch)
+            do_eval = exp.val is not None and (last_epoch or (tc.eval_every and (epoch + 1) % tc.eval_every == 0))
+            do_knn = exp.val is not None and tc.knn_every and ((epoch + 1) % tc.knn_every == 0 or last_epoch)
             if ddp.is_main and (do_eval or do_knn):
                 eval_metrics = evaluate(exp, model)
                 if ema is not None:
-                    eval_metrics.update(evaluate(exp, ema.module, prefix="eval/ema"))
+                    eval_metrics.update(evaluate(exp, ema.module, prefix="val/ema"))
                 if do_knn:
                     eval_metrics.update(online_knn(exp, model.backbone))
                 log.write({"kind": "eval", "step": step, "epoch": epoch + 1, **eval_metrics})
-                shown = {k: v for k, v in eval_metrics.items() if k.endswith(("acc1", "/loss"))}
-                progress.console.print(
-                    f"epoch {epoch + 1}: " + "  ".join(f"{k.removeprefix('eval/')} {v:.4f}" for k, v in shown.items())
-                )
+                progress.console.print(f"epoch {epoch + 1}: {headline(eval_metrics, 'val/')}")
 
             # ---- checkpoint
             if ddp.is_main:
-                weights_only = prefixed("model.", model.state_dict())
-                if ema is not None:
-                    weights_only.update(prefixed("ema.", ema.module.state_dict()))
                 value = eval_metrics.get(tc.best_metric) if tc.best_metric else None
-                improved = value is not None and do_eval and _better(value, best, tc.best_mode)
+                improved = value is not None and do_eval and _better(value, best, tc.best_direction)
                 if improved:
                     best = value
-                optim_tensors, optim_meta = optimizer_to_flat(optimizer)
-                state = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "best": best,
-                    "best_metric": tc.best_metric,
-                    "throughput": throughput,
-                    "metrics": eval_metrics,
-                    "optimizer": optim_meta,
-                }
-                save_checkpoint(
-                    checkpoints / "last.safetensors", {**weights_only, **optim_tensors, **rng_tensors()}, state
-                )
+                weights_only, tensors, state = checkpoint_state(epoch + 1, 0)
+                _save(checkpoints / "last.safetensors", model, tensors, state)
                 if improved:
-                    save_checkpoint(checkpoints / "best.safetensors", weights_only, state)
+                    _save(checkpoints / "best.safetensors", model, weights_only, state)
+            if stop.signal is not None and not last_epoch:
+                raise Interrupted(f"stopped by signal {stop.signal} after epoch {epoch + 1}, checkpoint written")
 
-    # ---- summary
+    # ---- summary: the last weights on validation and test; the best (validation-chosen) checkpoint on test
     log.close()
     if not ddp.is_main:
         return {}
     wall = time.perf_counter() - started
-    _, best_state = (
-        load_checkpoint(checkpoints / "best.safetensors") if (checkpoints / "best.safetensors").exists() else (None, {})
-    )
+    final = dict(eval_metrics) if exp.val is not None else {}
+    best_test, best_state = {}, {}
+    if exp.test is not None:
+        final.update(evaluate(exp, model, "test"))
+        if ema is not None:
+            final.update(evaluate(exp, ema.module, "test", prefix="test/ema"))
+        if (checkpoints / "best.safetensors").exists():
+            best_tensors, best_state = load_checkpoint(checkpoints / "best.safetensors", prefix="model.")
+            last_weights = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best_tensors)
+            best_test = evaluate(exp, model, "test")
+            model.load_state_dict(last_weights)
+        log.write({"kind": "test", "step": step, "epoch": tc.epochs, **final, **prefixed("best/", best_test)})
     summary = {
         "name": config.name,
         "run_dir": str(run_dir),
         "epochs": tc.epochs,
-        "final": eval_metrics,
-        "best": {"metric": tc.best_metric, "value": best, "epoch": best_state.get("epoch")},
+        "final": final,
+        "best": {"metric": tc.best_metric, "value": best, "epoch": best_state.get("epoch"), "test": best_test},
         "wall_clock_s": round(wall, 1),
         "images_per_s": round(_steady_throughput(throughput), 1) if throughput else None,
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
         "device": device_name(device),
         "precision": resolve_precision(tc.precision, device),
+        "provenance": provenance(exp),
         "versions": {
             "smallvit": smallvit.__version__,
             "torch": torch.__version__,
@@ -386,3 +536,34 @@ def train(
     write_json(run_dir / "summary.json", summary)
     plot_curves(run_dir)
     return summary
+
+
+def git_commit() -> str | None:
+    """The commit of the smallvit checkout this code runs from (``+dirty`` with uncommitted changes), else None."""
+    source = Path(smallvit.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def provenance(exp: Experiment) -> dict:
+    """What reproduces a run's numbers: code commit, dataset, the content of each split, seed and recipe."""
+    config = exp.config
+    return {
+        "git_commit": git_commit(),
+        "recipe": config.name,
+        "dataset": config.data.dataset,
+        "seed": config.train.seed,
+        "splits": exp.splits,
+    }

@@ -87,26 +87,27 @@ class RunFeatures:
 def run_features(
     run_dir: Path, checkpoint: str = "best", split: str | None = None, batch_size: int = 256
 ) -> RunFeatures:
-    """Features of a run's training set (its subset, if it trained on one) and of ``split`` (default: its eval split),
-    at the run's input size, cached in ``<run>/features/``.
+    """Features of a run's training set (its subset, if it trained on one) and of ``split`` (``val``, ``test`` —
+    the default — or another split of its dataset), at the run's input size, cached in ``<run>/features/``.
     """
-    from smallvit.eval.classify import load_run  # the engine imports this module: import at call time
+    from smallvit.eval.classify import load_run, split_role  # the engine imports this module: import at call time
 
     experiment = load_run(run_dir, checkpoint, split)
     backbone = experiment.model.backbone
-    split = experiment.config.data.eval_split
+    query_set = experiment.eval_set(split_role(split))
+    split = split or "test"
     folder, augment = run_dir / "features", experiment.eval_augment
     train, train_cached = cached_features(
         folder / f"{checkpoint}-train.safetensors", backbone, experiment.train_images, augment, batch_size
     )
     query, query_cached = cached_features(
-        folder / f"{checkpoint}-{split}.safetensors", backbone, experiment.eval_images, augment, batch_size
+        folder / f"{checkpoint}-{split}.safetensors", backbone, query_set.images, augment, batch_size
     )
     return RunFeatures(
         train=train,
         train_labels=experiment.train_labels,
         query=query,
-        query_labels=experiment.eval_labels,
+        query_labels=query_set.labels,
         num_classes=len(experiment.classes),
         split=split,
         from_cache=train_cached and query_cached,

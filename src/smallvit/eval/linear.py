@@ -60,6 +60,11 @@ class LinearProbe:
         standardised = (features.to(self.weight) - self.mean) / self.std
         return standardised @ self.weight.T + self.bias
 
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """The same classifier on raw features, ``x @ weight.T + bias`` (standardisation folded in), float32."""
+        weight = self.weight / self.std
+        return weight.float(), (self.bias - weight @ self.mean).float()
+
     def accuracy(self, features: Tensor, labels: Tensor) -> float:
         predictions = self.logits(features).argmax(dim=1).cpu()
         return (predictions == labels.cpu()).double().mean().item()
@@ -143,13 +148,19 @@ def linear_probe_accuracy(
     num_classes: int,
     weight_decay: float | None = None,
 ) -> tuple[float, float]:
-    """Top-1 of a probe fitted on all training features; ``weight_decay`` None selects it on held-out training
-    features. Returns (accuracy, weight decay used)."""
+    """Top-1 of :func:`train_linear_probe` on the queries. Returns (accuracy, weight decay used)."""
+    probe = train_linear_probe(train_features, train_labels, num_classes, weight_decay)
+    return probe.accuracy(query_features, query_labels), probe.weight_decay
+
+
+def train_linear_probe(
+    features: Tensor, labels: Tensor, num_classes: int, weight_decay: float | None = None
+) -> LinearProbe:
+    """A probe fitted on all of ``features``; ``weight_decay`` None selects it on a held-out fifth of them."""
     init = None
     if weight_decay is None:
-        weight_decay, init = select_weight_decay(train_features, train_labels, num_classes)
-    probe = fit_linear_probe(train_features, train_labels, num_classes, weight_decay, init=init)
-    return probe.accuracy(query_features, query_labels), weight_decay
+        weight_decay, init = select_weight_decay(features, labels, num_classes)
+    return fit_linear_probe(features, labels, num_classes, weight_decay, init=init)
 
 
 def linear_probe_run(

@@ -1,75 +1,24 @@
-"""Backbones: timm Vision Transformers behind one small forward that every objective reads.
+"""Backbones: timm ViTs, Swins and ResNets behind one small forward that every objective reads.
 
-This file is the only place that knows timm's internals. A backbone returns :class:`BackboneOutput`
-(pooled feature, final patch tokens, token grid); objectives never reach into the timm model.
-The wrapped timm model keeps timm's own parameter names, so its state dict loads in timm unchanged.
+:func:`build_backbone` is the one entry point: it builds ViTs here and hands Swin and CNN presets to
+:mod:`~smallvit.models.swin` and :mod:`~smallvit.models.resnet`. A backbone returns :class:`BackboneOutput`
+(pooled feature, final patch tokens, token grid); objectives never reach into the timm model. The wrapped timm
+model keeps timm's own parameter names, so its state dict loads in timm unchanged, after the named architecture
+changes of :mod:`~smallvit.models.layers` where a preset has them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import timm
 import torch
 from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
+from smallvit.models.layers import ConvTokenizer, create_timm, tokenizer_stages
+from smallvit.models.presets import PRESETS, BackboneOutput, Preset
+from smallvit.models.resnet import ResNetBackbone, build_resnet
+from smallvit.models.swin import SwinBackbone, build_swin
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A named backbone configuration: the timm architecture it is built from and its sizes."""
-
-    arch: str
-    family: str
-    kwargs: dict = field(default_factory=dict)
-    description: str = ""
-
-
-PRESETS: dict[str, Preset] = {
-    "vit_lite": Preset(
-        "vit_tiny_patch16_224",
-        "vit",
-        dict(embed_dim=192, depth=9, num_heads=12, mlp_ratio=2.0),
-        "192-d, 9 layers, 12 heads, MLP ratio 2 (2.7 M params): the small-dataset ViT of SPT/LSA and RelViT",
-    ),
-    "vit_tiny": Preset(
-        "vit_tiny_patch16_224", "vit", dict(embed_dim=192, depth=12, num_heads=3), "192-d, 12 layers, 3 heads"
-    ),
-    "vit_small": Preset(
-        "vit_small_patch16_224", "vit", dict(embed_dim=384, depth=12, num_heads=6), "384-d, 12 layers, 6 heads"
-    ),
-    "vit_base": Preset(
-        "vit_base_patch16_224", "vit", dict(embed_dim=768, depth=12, num_heads=12), "768-d, 12 layers, 12 heads"
-    ),
-    "swin_lite": Preset(
-        "swin_tiny_patch4_window7_224",
-        "swin",
-        dict(embed_dim=64, depths=(2, 2, 4), num_heads=(2, 4, 8), window_size=4, mlp_ratio=2.0),
-        "Swin for 32-64 px, patch 2: 3 stages 64/128/256-d, depths 2-2-4, window 4 (2.6 M params, like vit_lite)",
-    ),
-    "swin_tiny": Preset(
-        "swin_tiny_patch4_window7_224",
-        "swin",
-        dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=4),
-        "Swin-T widths and depths (96-d, 2-2-6-2) with window 4, for 64 px images at patch 2",
-    ),
-}
-
-
-@dataclass
-class BackboneOutput:
-    """What objectives read from a backbone.
-
-    pooled: [B, D] CLS token, or the mean of the patch tokens when the backbone has no CLS token.
-    patch_tokens: [B, N, D] final (post-norm) patch tokens, prefix tokens removed, row-major on ``grid``.
-        After a masked forward, only the kept tokens, in the order given by ``keep``.
-    grid: (h, w) of the full token grid.
-    """
-
-    pooled: Tensor
-    patch_tokens: Tensor
-    grid: tuple[int, int]
+__all__ = ["PRESETS", "BackboneOutput", "Preset", "ViTBackbone", "build_backbone", "no_weight_decay_names"]
 
 
 class ViTBackbone(nn.Module):
@@ -79,13 +28,16 @@ class ViTBackbone(nn.Module):
         model: the timm model, built with ``num_classes=0``.
         arch: timm architecture name the model was created from (for export).
         model_args: the keyword arguments given to ``timm.create_model`` (for export and rebuilding).
+        changes: smallvit's changes to the timm architecture (``{"embed_layer": "conv_tokenizer"}``), recorded on
+            export; ``model_args`` holds only what timm itself takes.
     """
 
-    def __init__(self, model: nn.Module, arch: str, model_args: dict):
+    def __init__(self, model: nn.Module, arch: str, model_args: dict, changes: dict[str, str] | None = None):
         super().__init__()
         self.model = model
         self.arch = arch
         self.model_args = dict(model_args)
+        self.changes = dict(changes or {})
 
     @property
     def embed_dim(self) -> int:
@@ -97,7 +49,12 @@ class ViTBackbone(nn.Module):
 
     @property
     def patch_size(self) -> int:
+        """Pixels per token side: the patch size, or the conv tokenizer's stride."""
         return self.model.patch_embed.patch_size[0]
+
+    @property
+    def img_size(self) -> int:
+        return self.model.patch_embed.img_size[0]
 
     @property
     def has_cls_token(self) -> bool:
@@ -107,9 +64,18 @@ class ViTBackbone(nn.Module):
     def has_pos_embed(self) -> bool:
         return self.model.pos_embed is not None
 
+    @property
+    def has_patch_tokens(self) -> bool:
+        return True
+
     def forward(self, images: Tensor, keep: Tensor | None = None) -> BackboneOutput:
         """Encode images; with ``keep`` [B, K] (patch indices), only those patch tokens enter the encoder (MAE)."""
         vit = self.model
+        if keep is not None and isinstance(vit.patch_embed, ConvTokenizer):
+            raise ConfigError(
+                "a conv tokenizer's tokens see neighbouring patches, so masked patches would leak into the visible "
+                "ones (MAE): use a patch-projection ViT preset (e.g. model.preset=vit_lite)"
+            )
         tokens = vit._pos_embed(vit.patch_embed(images))
         prefix = vit.num_prefix_tokens
         if keep is not None:
@@ -133,18 +99,22 @@ def build_backbone(
     cls_token: bool = True,
     drop_path: float = 0.0,
     **overrides,
-) -> ViTBackbone:
+) -> ViTBackbone | SwinBackbone | ResNetBackbone:
     """Build a backbone from a preset name.
 
     Args:
-        preset: one of :data:`PRESETS` (``vit_lite``, ``vit_tiny``, ``vit_small``, ``vit_base``).
+        preset: one of :data:`PRESETS` (``vit_lite``, ``vit_lite_conv``, ``vit_tiny``, ..., ``swin_lite``, ...,
+            ``resnet18_cifar``).
         img_size: input resolution in pixels (square).
-        patch_size: patch side in pixels; must divide ``img_size``.
+        patch_size: patch side in pixels; must divide ``img_size`` (``vit_lite_conv``: the tokenizer's stride, a
+            power of two). Ignored by CNN presets.
         in_chans: input channels.
-        pos_embed: ``False`` gives a ViT with no positional information at all (RelViT, position labels).
+        pos_embed: ``False`` gives a ViT with no positional information at all (RelViT, position labels); for a
+            Swin, zeroed relative position bias. Ignored by CNN presets.
         cls_token: ``False`` drops the CLS token; the pooled feature is then the mean of the patch tokens.
+            Ignored by Swin and CNN presets (they have none).
         drop_path: stochastic depth rate.
-        overrides: any other ``VisionTransformer`` keyword (``depth``, ``num_heads``, ``reg_tokens``, ...).
+        overrides: any other keyword of the timm model (``depth``, ``num_heads``, ``reg_tokens``, ...).
 
     Example:
         >>> backbone = build_backbone("vit_lite", img_size=32, patch_size=4)
@@ -154,11 +124,12 @@ def build_backbone(
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown backbone preset '{preset}': choose one of {', '.join(PRESETS)}")
-    if PRESETS[preset].family == "swin":
-        from smallvit.models.swin import build_swin  # swin.py imports this module
-
+    spec = PRESETS[preset]
+    if spec.family == "cnn":
+        return build_resnet(spec, img_size=img_size, in_chans=in_chans, drop_path=drop_path, **overrides)
+    if spec.family == "swin":
         return build_swin(
-            PRESETS[preset],
+            spec,
             img_size=img_size,
             patch_size=patch_size,
             in_chans=in_chans,
@@ -171,7 +142,14 @@ def build_backbone(
             f"image size {img_size} is not divisible by patch size {patch_size}: "
             "choose model.patch_size that divides data.image_size (e.g. 32 px / patch 4)"
         )
-    spec = PRESETS[preset]
+    if "embed_layer" in spec.changes:
+        try:
+            tokenizer_stages(patch_size)
+        except ValueError:
+            raise ConfigError(
+                f"model.patch_size={patch_size} is not a power of two >= 2, which {preset}'s conv tokenizer needs "
+                "(it halves the image log2(patch_size) times): use 2, 4, 8, ..."
+            ) from None
     model_args = dict(
         spec.kwargs,
         img_size=img_size,
@@ -186,10 +164,10 @@ def build_backbone(
     )
     model_args.update(overrides)
     try:
-        model = timm.create_model(spec.arch, pretrained=False, **model_args)
+        model = create_timm(spec.arch, spec.changes, **model_args)
     except TypeError as err:
         raise ConfigError(f"invalid backbone option for '{preset}': {err}") from None
-    return ViTBackbone(model, spec.arch, model_args)
+    return ViTBackbone(model, spec.arch, model_args, spec.changes)
 
 
 def no_weight_decay_names(backbone: nn.Module) -> set[str]:

@@ -1,6 +1,6 @@
 """Swin Transformer backbones: timm's ``SwinTransformer`` behind the same forward as the ViT backbones.
 
-The output follows :class:`~smallvit.models.backbone.BackboneOutput`: ``patch_tokens`` are the final stage's
+The output follows :class:`~smallvit.models.presets.BackboneOutput`: ``patch_tokens`` are the final stage's
 (post-norm) tokens, row-major on the final stage's grid, and ``pooled`` is their mean (Swin has no CLS token).
 
 timm's Swin has no absolute position embedding; its only position information is the relative position bias
@@ -19,7 +19,7 @@ from timm.layers import to_2tuple
 from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
-from smallvit.models.backbone import BackboneOutput, Preset
+from smallvit.models.presets import BackboneOutput, Preset
 
 
 def remove_position_bias(model: nn.Module) -> None:
@@ -73,6 +73,10 @@ class SwinBackbone(nn.Module):
         return self.model.patch_embed.patch_size[0]
 
     @property
+    def img_size(self) -> int:
+        return self.model.patch_embed.img_size[0]
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Final-stage token grid."""
         return stage_grids(tuple(self.model.patch_embed.grid_size), self.num_stages)[-1]
@@ -84,6 +88,10 @@ class SwinBackbone(nn.Module):
     @property
     def has_pos_embed(self) -> bool:
         return self.relative_position_bias
+
+    @property
+    def has_patch_tokens(self) -> bool:
+        return True
 
     def forward(self, images: Tensor, keep: Tensor | None = None) -> BackboneOutput:
         """Encode images; ``keep`` (token subsets, MAE) is not possible with windowed attention."""

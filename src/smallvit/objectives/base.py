@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from smallvit.data.batch import Batch, View
 from smallvit.engine.schedules import WeightSchedule
 from smallvit.errors import ConfigError
-from smallvit.models.backbone import BackboneOutput
+from smallvit.models.backbone import PRESETS, BackboneOutput
 
 
 class ObjectiveConfig(BaseModel):
@@ -47,6 +47,7 @@ class ObjectiveSetup:
     num_train: int
     has_cls_token: bool = True
     has_pos_embed: bool = True
+    has_patch_tokens: bool = True
 
 
 @dataclass
@@ -82,11 +83,14 @@ class Objective(nn.Module):
     """Base class. Subclasses set ``name``, ``Config`` and implement ``forward(ctx)``.
 
     ``requires_labels``: the objective reads class labels (the engine checks the dataset has them).
+    ``requires_patch_tokens``: the objective reads ``patch_tokens`` (:func:`build_objective` refuses a backbone
+    without them, a CNN); only objectives on the pooled feature set it False.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     requires_labels: ClassVar[bool] = False
+    requires_patch_tokens: ClassVar[bool] = True
 
     def __init__(self, config: ObjectiveConfig, setup: ObjectiveSetup):
         super().__init__()
@@ -129,4 +133,12 @@ def parse_objective_config(spec: dict, where: str = "objectives") -> ObjectiveCo
 
 
 def build_objective(config: ObjectiveConfig, setup: ObjectiveSetup) -> Objective:
-    return OBJECTIVES[config.name](config, setup)
+    cls = OBJECTIVES[config.name]
+    if cls.requires_patch_tokens and not setup.has_patch_tokens:
+        cnn = [name for name, preset in PRESETS.items() if preset.family == "cnn"]
+        tokens = [name for name, preset in PRESETS.items() if preset.family != "cnn"]
+        raise ConfigError(
+            f"objective '{config.name}' needs patch tokens, which CNN presets ({', '.join(cnn)}) do not have: "
+            f"set model.preset to a ViT or Swin preset ({', '.join(tokens)})"
+        )
+    return cls(config, setup)

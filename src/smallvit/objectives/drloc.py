@@ -80,6 +80,7 @@ class DRLoc(Objective):
     """L1 regression of the normalised grid offset of random final-token pairs."""
 
     name = "drloc"
+    requires_patch_tokens = True
     Config = DRLocConfig
 
     def __init__(self, config: DRLocConfig, setup: ObjectiveSetup):

@@ -90,6 +90,7 @@ class InstanceDiscrimination(Objective):
     """
 
     name = "instance_discrimination"
+    requires_patch_tokens = False
     Config = InstanceDiscriminationConfig
 
     def __init__(self, config: InstanceDiscriminationConfig, setup: ObjectiveSetup):

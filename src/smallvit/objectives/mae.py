@@ -183,6 +183,7 @@ class MAE(Objective):
     """Masked-patch pixel reconstruction, plus optional position labels on the visible tokens."""
 
     name = "mae"
+    requires_patch_tokens = True
     Config = MAEConfig
 
     def __init__(self, config: MAEConfig, setup: ObjectiveSetup):

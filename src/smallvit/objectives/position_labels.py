@@ -213,6 +213,7 @@ class AbsolutePositionLabel(Objective):
     """APL: classify each final patch token into its grid position."""
 
     name = "apl"
+    requires_patch_tokens = True
     Config = AbsolutePositionLabelConfig
 
     def __init__(self, config: AbsolutePositionLabelConfig, setup: ObjectiveSetup):
@@ -238,6 +239,7 @@ class RelativePositionLabel(Objective):
     """RPL: classify each ordered pair of final patch tokens into its relative offset."""
 
     name = "rpl"
+    requires_patch_tokens = True
     Config = RelativePositionLabelConfig
 
     def __init__(self, config: RelativePositionLabelConfig, setup: ObjectiveSetup):

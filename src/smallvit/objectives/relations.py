@@ -163,6 +163,7 @@ class PairTask(Objective):
 
     Config = PairTaskConfig
     num_scores: ClassVar[int]
+    requires_patch_tokens = True
 
     def __init__(self, config: PairTaskConfig, setup: ObjectiveSetup):
         super().__init__(config, setup)
@@ -254,6 +255,7 @@ class AbsPosition(Objective):
     """Classification of each patch token's grid index by a linear head."""
 
     name = "abs_position"
+    requires_patch_tokens = True
 
     def __init__(self, config: ObjectiveConfig, setup: ObjectiveSetup):
         super().__init__(config, setup)

@@ -40,6 +40,7 @@ class Supervised(Objective):
     """Cross-entropy on class labels through a linear head on the pooled feature (CLS or mean token)."""
 
     name = "supervised"
+    requires_patch_tokens = False
     Config = SupervisedConfig
     requires_labels = True
 

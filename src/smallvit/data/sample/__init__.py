@@ -1,9 +1,10 @@
 """The bundled ``cifar10-sample``: a small real CIFAR-10 subset that ships inside the package.
 
-It holds the first 204 training and the first 200 test images of every class of the shared CIFAR-10 JPEG archive
-(``cifar10-jpeg/<split>/<class>/0000.jpg`` onwards, i.e. in CIFAR-10's own random order), as the archive's original
-JPEG bytes, so decoding them gives exactly the archive's pixels. ``scripts/build_sample.py`` builds it and records
-its sha256 next to it; reading checks that sha256.
+Per class of the shared CIFAR-10 JPEG archive (``cifar10-jpeg/<split>/<class>/NNNN.jpg``, numbered in CIFAR-10's own
+random order) it holds: ``train``, training files ``0000``-``0203`` (204); ``val``, training files ``0204``-``0253``
+(50, so none is a ``train`` image); ``test``, test files ``0000``-``0199`` (200). They are the archive's original JPEG
+bytes, so decoding them gives exactly the archive's pixels. ``scripts/build_sample.py`` builds it and records its
+sha256 next to it; reading checks that sha256.
 
 File layout (one ``.npz``): ``classes`` (class names, alphabetical = CIFAR-10 ids) and, per split, ``<split>_jpeg``
 (all JPEG files concatenated, uint8), ``<split>_offsets`` (int64 [N + 1]; file ``i`` is
@@ -24,7 +25,9 @@ from smallvit.data.formats import RawSplit
 from smallvit.errors import DataError
 
 SAMPLE_FILE = Path(__file__).parent / "cifar10_sample.npz"
-PER_CLASS = {"train": 204, "test": 200}
+PER_CLASS = {"train": 204, "val": 50, "test": 200}
+# split of the sample -> (split folder of the archive, number of the first file taken from each class)
+ARCHIVE_START = {"train": ("train", 0), "val": ("train", PER_CLASS["train"]), "test": ("test", 0)}
 
 
 def checksum_file(sample: Path) -> Path:

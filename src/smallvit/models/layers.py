@@ -1,0 +1,157 @@
+"""smallvit's changes to timm architectures, each known by a name so that an exported model can be rebuilt.
+
+A preset's ``changes`` (and an export's ``config.json`` entry ``smallvit_changes``) map a change to a variant:
+
+- ``{"embed_layer": "conv_tokenizer"}``: a ViT whose patch projection is :class:`ConvTokenizer`, passed to timm's
+  ``VisionTransformer(embed_layer=...)``.
+- ``{"stem": "cifar"}``: a ResNet whose stem is changed after construction by :func:`cifar_stem`.
+
+:func:`create_timm` builds a timm model with its changes; backbones and :func:`~smallvit.models.create_timm_model`
+both go through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import timm
+from timm.layers import Format, nchw_to, to_2tuple
+from torch import Tensor, nn
+
+from smallvit.errors import ConfigError
+
+CHANGES: dict[str, tuple[str, ...]] = {"embed_layer": ("conv_tokenizer",), "stem": ("cifar",)}
+
+
+def tokenizer_stages(patch_size: int) -> int:
+    """Conv + max-pool stages of a :class:`ConvTokenizer` whose stride is ``patch_size`` (a power of two >= 2)."""
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"conv tokenizer patch size must be a power of two >= 2, got {patch_size}")
+    return int(math.log2(patch_size))
+
+
+class ConvTokenizer(nn.Module):
+    """The convolutional tokenizer of CCT (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact
+    Transformers"), as a timm ``embed_layer``: ``log2(patch_size)`` stages of conv3x3 (stride 1, no bias) + ReLU +
+    max-pool(3, stride 2, padding 1), ``hidden_dim`` channels in between and ``embed_dim`` out. Each pool halves the
+    image, so the token grid is the one a ``patch_size`` patch projection gives and ``patch_size`` stays the
+    effective stride. Follows the released ``Tokenizer`` (SHI-Labs/Compact-Transformers) with CCT-7/3x2's
+    64 hidden channels and Kaiming-normal init; unlike CCT, the ViT keeps its CLS token (no sequence pooling).
+
+    Takes the ``PatchEmbed`` arguments timm's ``VisionTransformer`` passes and exposes the attributes it reads
+    (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``, ``feat_ratio``, ``dynamic_feat_size``).
+    ``bias`` is accepted for that signature and unused: CCT's convolutions have none, and a ReLU follows each.
+    A token sees beyond its patch (13 px at patch 4), so encoding a subset of tokens would leak the others' pixels:
+    the backbone refuses masked forwards (MAE) with this tokenizer.
+
+    Example:
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_layer=ConvTokenizer)
+        >>> vit.patch_embed.grid_size
+        (8, 8)
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        hidden_dim: int = 64,
+        norm_layer=None,
+        output_fmt: str | None = None,
+        bias: bool = True,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if dynamic_img_pad:
+            raise ValueError("the conv tokenizer does not pad images (dynamic_img_pad=True)")
+        stages = tokenizer_stages(patch_size)
+        self.patch_size = to_2tuple(patch_size)
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.output_fmt = Format(output_fmt) if output_fmt is not None else None
+        self.strict_img_size = strict_img_size
+        widths = [in_chans] + [hidden_dim] * (stages - 1) + [embed_dim]
+        self.stages = nn.Sequential(
+            *[
+                nn.Sequential(
+                    OrderedDict(
+                        conv=nn.Conv2d(c_in, c_out, 3, padding=1, bias=False, device=device, dtype=dtype),
+                        act=nn.ReLU(inplace=True),
+                        pool=nn.MaxPool2d(3, stride=2, padding=1),
+                    )
+                )
+                for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+            ]
+        )
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Kaiming-normal convolutions, as CCT (timm's ViT init calls this instead of resetting the convs)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        return max(self.patch_size) if as_scalar else self.patch_size
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        height, width = images.shape[-2:]
+        if self.strict_img_size and (height, width) != self.img_size:
+            raise ValueError(f"input size {height}x{width} does not match the model's {self.img_size}")
+        if height % self.patch_size[0] or width % self.patch_size[1]:
+            raise ValueError(f"input size {height}x{width} is not divisible by the stride {self.patch_size}")
+        x = self.stages(images)
+        x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
+        return self.norm(x)
+
+
+def cifar_stem(model: nn.Module) -> nn.Module:
+    """Give a timm ResNet the CIFAR stem of He et al. 2016 (sec. 4.2) as commonly used with ResNet-18 on CIFAR
+    (e.g. kuangliu/pytorch-cifar): ``conv1`` a 3x3 stride-1 convolution, no stem max-pool, so the final feature
+    map is 1/8 of the image (4x4 at 32 px) instead of 1/32. timm has no such stem option, so it is replaced here,
+    keeping the module names (``conv1``, ``maxpool``) and so the state-dict keys and ``group_matcher``.
+
+    A plain timm user rebuilds an export the same way before loading its weights::
+
+        model = timm.create_model("resnet18", num_classes=10)
+        model.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+        model.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+    """
+    old = model.conv1
+    factory = dict(device=old.weight.device, dtype=old.weight.dtype)
+    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False, **factory)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as timm's ResNet init
+    model.maxpool = nn.Identity()
+    for info in model.feature_info:  # stem stride 2 -> 1, stages lose the pool's 2 too: 2, 4, 8, ... -> 1, 1, 2, ...
+        info["reduction"] = max(1, info["reduction"] // 4)
+    return model
+
+
+def check_changes(changes: dict[str, str]) -> None:
+    for name, variant in changes.items():
+        if variant not in CHANGES.get(name, ()):
+            raise ConfigError(f"unknown smallvit architecture change {name}={variant!r}: this version knows {CHANGES}")
+
+
+def create_timm(arch: str, changes: dict[str, str] | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model(arch, **kwargs)`` with smallvit's ``changes`` applied (never pretrained weights: the
+    changes would not fit them; load weights afterwards)."""
+    changes = changes or {}
+    check_changes(changes)
+    if changes.get("embed_layer") == "conv_tokenizer":
+        kwargs["embed_layer"] = ConvTokenizer
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    if changes.get("stem") == "cifar":
+        cifar_stem(model)
+    return model

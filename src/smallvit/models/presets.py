@@ -1,0 +1,88 @@
+"""The preset registry and the output every backbone returns, shared by the ViT, Swin and CNN builders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named backbone configuration: the timm architecture it is built from and its sizes.
+
+    ``family`` picks the builder (``vit``, ``swin``, ``cnn``). ``changes`` names smallvit's changes to the timm
+    architecture (see :mod:`smallvit.models.layers`); an export records them so that it can be rebuilt.
+    """
+
+    arch: str
+    family: str
+    kwargs: dict = field(default_factory=dict)
+    description: str = ""
+    changes: dict[str, str] = field(default_factory=dict)
+
+
+VIT_LITE = dict(embed_dim=192, depth=9, num_heads=12, mlp_ratio=2.0)
+
+PRESETS: dict[str, Preset] = {
+    "vit_lite": Preset(
+        "vit_tiny_patch16_224",
+        "vit",
+        VIT_LITE,
+        "192-d, 9 layers, 12 heads, MLP ratio 2 (2.7 M params): the small-dataset ViT of SPT/LSA and RelViT",
+    ),
+    "vit_lite_conv": Preset(
+        "vit_tiny_patch16_224",
+        "vit",
+        VIT_LITE,
+        "vit_lite with CCT's convolutional tokenizer (Hassani et al. 2021) instead of the patch projection: "
+        "log2(patch_size) conv3x3+ReLU+max-pool stages, same token grid (2.8 M params)",
+        changes={"embed_layer": "conv_tokenizer"},
+    ),
+    "vit_tiny": Preset(
+        "vit_tiny_patch16_224", "vit", dict(embed_dim=192, depth=12, num_heads=3), "192-d, 12 layers, 3 heads"
+    ),
+    "vit_small": Preset(
+        "vit_small_patch16_224", "vit", dict(embed_dim=384, depth=12, num_heads=6), "384-d, 12 layers, 6 heads"
+    ),
+    "vit_base": Preset(
+        "vit_base_patch16_224", "vit", dict(embed_dim=768, depth=12, num_heads=12), "768-d, 12 layers, 12 heads"
+    ),
+    "swin_lite": Preset(
+        "swin_tiny_patch4_window7_224",
+        "swin",
+        dict(embed_dim=64, depths=(2, 2, 4), num_heads=(2, 4, 8), window_size=4, mlp_ratio=2.0),
+        "Swin for 32-64 px, patch 2: 3 stages 64/128/256-d, depths 2-2-4, window 4 (2.6 M params, like vit_lite)",
+    ),
+    "swin_tiny": Preset(
+        "swin_tiny_patch4_window7_224",
+        "swin",
+        dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=4),
+        "Swin-T widths and depths (96-d, 2-2-6-2) with window 4, for 64 px images at patch 2",
+    ),
+    "resnet18_cifar": Preset(
+        "resnet18",
+        "cnn",
+        {},
+        "ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool; 11.2 M params): a CNN reference, "
+        "pooled feature only (supervised, instance discrimination)",
+        changes={"stem": "cifar"},
+    ),
+}
+
+
+@dataclass
+class BackboneOutput:
+    """What objectives read from a backbone.
+
+    pooled: [B, D] CLS token, or the mean of the patch tokens when the backbone has no CLS token (a CNN: its
+        globally average-pooled final feature map).
+    patch_tokens: [B, N, D] final (post-norm) patch tokens, prefix tokens removed, row-major on ``grid``.
+        After a masked forward, only the kept tokens, in the order given by ``keep``. ``None`` for a CNN
+        (``has_patch_tokens`` is False; objectives that read tokens refuse such a backbone when built).
+    grid: (h, w) of the full token grid (a CNN: of its final feature map).
+    """
+
+    pooled: Tensor
+    patch_tokens: Tensor | None
+    grid: tuple[int, int]
