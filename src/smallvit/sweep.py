@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from rich.console import Console
 from rich.table import Table
 
@@ -89,6 +89,10 @@ def _check_seeds(seeds: list[int] | None) -> list[int] | None:
     return seeds
 
 
+Overrides = Annotated[list[str], AfterValidator(_check_overrides)]
+Seeds = Annotated[list[Seed], Field(min_length=1), AfterValidator(_check_seeds)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,20 +102,10 @@ class SweepRun(_Strict):
 
     name: str = Field(pattern=_NAME, description="folder name and row name in `smallvit compare`")
     recipe: str = Field(description="shipped recipe name or .yaml path (sweep file's folder first, then cwd)")
-    overrides: list[str] = Field([], description="key=value overrides after the sweep's own")
-    seeds: list[Seed] | None = Field(None, min_length=1, description="replaces the sweep's seeds")
+    overrides: Overrides = Field([], description="key=value overrides after the sweep's own")
+    seeds: Seeds | None = Field(None, description="replaces the sweep's seeds")
     label: str | None = Field(None, description="longer description shown by `smallvit compare`")
     baseline: bool = Field(False, description="the row `smallvit compare` measures gains against")
-
-    @field_validator("overrides")
-    @classmethod
-    def _valid_overrides(cls, value: list[str]) -> list[str]:
-        return _check_overrides(value)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        return _check_seeds(value)
 
 
 class Sweep(_Strict):
@@ -120,21 +114,11 @@ class Sweep(_Strict):
     name: str = Field(pattern=_NAME)
     description: str = ""
     runs_dir: str | None = Field(None, description="relative to the current directory; default runs/sweeps/<name>")
-    seeds: list[Seed] = Field([0], min_length=1)
-    overrides: list[str] = Field([], description="applied to every run, before the run's own")
+    seeds: Seeds = [0]
+    overrides: Overrides = Field([], description="applied to every run, before the run's own")
     probe: list[Literal["knn", "linear"]] = Field([], description="frozen evaluations of multi-stage runs' stage 1")
     runs: list[SweepRun] = Field(min_length=1)
     _path: Path | None = PrivateAttr(None)
-
-    @field_validator("overrides")
-    @classmethod
-    def _valid_overrides(cls, value: list[str]) -> list[str]:
-        return _check_overrides(value)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        return _check_seeds(value)
 
     @model_validator(mode="after")
     def _rows(self):

@@ -43,9 +43,7 @@ from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, wr
 from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
 from smallvit.engine.schedules import warmup_cosine
 from smallvit.errors import ConfigError, SmallViTError
-from smallvit.eval.features import extract_features
-from smallvit.eval.knn import knn_accuracy
-from smallvit.eval.linear import train_linear_probe
+from smallvit.metrics import extract_features, knn_accuracy, train_linear_probe
 from smallvit.models import no_weight_decay_names
 
 
@@ -500,7 +498,9 @@ def train(
     if not ddp.is_main:
         return {}
     wall = time.perf_counter() - started
-    final = dict(eval_metrics) if exp.val is not None else {}
+    if exp.val is not None and not eval_metrics:  # resumed after the last checkpoint, before this summary
+        eval_metrics = evaluate(exp, model)
+    final = dict(eval_metrics)
     best_test, best_state = {}, {}
     if exp.test is not None:
         final.update(evaluate(exp, model, "test"))
