@@ -24,10 +24,8 @@ from common import record
 
 from smallvit.config import load_recipe
 from smallvit.engine.experiment import build_experiment
-from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step
-from smallvit.eval.features import extract_features
-from smallvit.eval.knn import knn_accuracy
-from smallvit.eval.linear import linear_probe_accuracy
+from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step, resolve_precision
+from smallvit.metrics import extract_features, knn_accuracy, linear_probe_accuracy
 
 CROP_CONFIGS = {
     "2x32px (idmm-id)": "idmm-id",
@@ -89,7 +87,7 @@ def step_function(recipe: str, batch_size: int, precision: str):
     data = (exp.train_images[:batch_size], exp.train_labels[:batch_size], torch.arange(batch_size))
 
     def step() -> None:
-        optimizer_step(exp, exp.model, optimizer, data, gen, 1, weights)
+        optimizer_step(exp, exp.model, optimizer, data, gen, 1, weights, resolve_precision(precision, exp.device))
 
     return step, sum(spec.copies for spec in config.augment.values()) * batch_size
 

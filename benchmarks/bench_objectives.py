@@ -1,53 +1,110 @@
-"""Step-time overhead of auxiliary objectives: each recipe's engine step ÷ the supervised step, one run.
+"""Step-time overhead of auxiliary objectives: each recipe's engine step ÷ the supervised step, at several token counts.
 
-Every recipe's first stage is stepped on the same fixed batch of the bundled CIFAR-10 sample (vit_lite, 32 px,
-patch 4, 64 tokens), fp32, including augmentation; measurements are interleaved (supervised, then each recipe,
-repeated) and the ratios are of medians, so machine noise hits all alike.
+Every recipe's first stage is stepped on the same fixed batch of the bundled CIFAR-10 sample (vit_lite, fp32,
+including augmentation) at each token count: 49 = 112 px / patch 16, 64 = 32 px / patch 4, 196 = 56 px / patch 4
+(the sample stored at that size). Measurements are interleaved (supervised, then each recipe, repeated) and the
+ratios are of medians, so machine noise hits all alike. Both wall-clock time and the process's CPU time are
+measured: on a machine shared with other jobs the wall-clock ratio drifts with their load (recorded before and
+after), the CPU-time ratio much less.
 
-    python benchmarks/bench_objectives.py [--steps 5] [--repeats 3] [--batch-size 128] [RECIPE ...]
+Targets (issue 12): RPL with 1024 sampled pairs ≤ 1.25 × supervised, RelViT-joint ≤ 1.10 ×, at batch 128.
+
+    python benchmarks/bench_objectives.py [--tokens 49 64 196] [--steps 1] [--repeats 5] [--batch-size 128] [RECIPE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import time
 
 import torch
-from bench_train_step import interleaved_medians, smallvit_step
 from common import record
 
-DEFAULT = [
-    "results/recipes/cmp-relvit-joint.yaml",
-    "results/recipes/cmp-apl.yaml",
-    "results/recipes/cmp-rpl.yaml",
-    "results/recipes/cmp-drloc.yaml",
-]
+from smallvit.config import load_recipe
+from smallvit.engine.experiment import build_experiment
+from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step
+
+BASELINE = "quickstart"
+DEFAULT = ["results/recipes/cmp-relvit-joint.yaml", "results/recipes/cmp-rpl.yaml"]
+GEOMETRY = {49: (112, 16), 64: (32, 4), 196: (56, 4)}
+"""Token count → (image size, patch size)."""
+
+
+def engine_step(recipe: str, tokens: int, batch_size: int):
+    """One engine optimizer step (fp32) of ``recipe``'s first stage at ``tokens`` tokens, on a fixed batch."""
+    image_size, patch_size = GEOMETRY[tokens]
+    overrides = [
+        "train.precision=fp32",
+        f"train.batch_size={batch_size}",
+        f"data.image_size={image_size}",
+        f"model.patch_size={patch_size}",
+        f"data.subset.total={batch_size}",
+        "data.eval_subset.total=10",
+    ]
+    config = load_recipe(recipe, overrides).stages[0]
+    torch.manual_seed(0)
+    exp = build_experiment(config, torch.device("cpu"), load_init=False)
+    optimizer = build_optimizer(exp.model, config)
+    gen = torch.Generator().manual_seed(0)
+    weights = objective_weights(config, 0)
+    data = (exp.train_images[:batch_size], exp.train_labels[:batch_size], torch.arange(batch_size))
+    step = lambda: optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights, "fp32")  # noqa: E731
+    step()  # warm-up: allocation, first-call dispatch
+    return step
+
+
+def interleaved_seconds(steps: dict, repeats: int, count: int) -> dict[str, dict[str, float]]:
+    """Median wall-clock and CPU seconds per step of each step function, timed in turn ``repeats`` times."""
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                step()
+            wall[name].append((time.perf_counter() - start_wall) / count)
+            cpu[name].append((time.process_time() - start_cpu) / count)
+    return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])} for name in steps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", default=DEFAULT)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, nargs="+", choices=sorted(GEOMETRY), default=sorted(GEOMETRY))
+    parser.add_argument("--steps", type=int, default=1, help="optimizer steps per timing")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timings per recipe; the median is kept")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--note", default="", help="what was measured (e.g. the code state), kept with the figures")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    steps = {name: smallvit_step("fp32", args.batch_size, name)[0] for name in ["quickstart", *args.recipes]}
-    medians = interleaved_medians(steps, args.repeats, args.steps, args.warmup, args.batch_size)
-    base = medians["quickstart"]
+    load_before = os.getloadavg()
+    seconds, ratios = {}, {}
+    for tokens in args.tokens:
+        steps = {name: engine_step(name, tokens, args.batch_size) for name in [BASELINE, *args.recipes]}
+        measured = interleaved_seconds(steps, args.repeats, args.steps)
+        base = measured[BASELINE]
+        seconds[tokens] = {name: {k: round(v, 3) for k, v in m.items()} for name, m in measured.items()}
+        ratios[tokens] = {name: {k: round(m[k] / base[k], 3) for k in m} for name, m in measured.items()}
+        image_size, patch_size = GEOMETRY[tokens]
+        print(f"{tokens} tokens ({image_size} px / patch {patch_size}), load {os.getloadavg()[0]:.1f}")
+        print(f"  {'recipe':<45}{'wall s':>8}{'ratio':>7}{'cpu s':>8}{'ratio':>7}")
+        for name, m in measured.items():
+            wall, cpu = ratios[tokens][name]["wall"], ratios[tokens][name]["cpu"]
+            print(f"  {name:<45}{m['wall']:>8.2f}{wall:>7.2f}{m['cpu']:>8.2f}{cpu:>7.2f}")
     figures = {
-        "images_per_s": {k: round(v, 1) for k, v in medians.items()},
-        "step_time_ratio_vs_supervised": {k: round(base / v, 3) for k, v in medians.items()},
+        "seconds_per_step": seconds,
+        "step_time_ratio_vs_supervised": ratios,
+        "geometry": {tokens: f"{GEOMETRY[tokens][0]}px patch{GEOMETRY[tokens][1]}" for tokens in args.tokens},
+        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "batch_size": args.batch_size,
         "steps": args.steps,
         "repeats": args.repeats,
         "precision": "fp32",
-        "model": "vit_lite 32px patch4 (64 tokens)",
+        "model": "vit_lite",
+        "note": args.note,
     }
     entry = record("objective_overhead", figures)
-    print(f"{'recipe':<45}{'images/s':>10}{'step time ÷ supervised':>25}")
-    for name, value in medians.items():
-        print(f"{name:<45}{value:>10.1f}{base / value:>25.2f}")
     print(f"device: {entry['device']}")
 
 

@@ -109,13 +109,13 @@ def step_benchmark(args) -> dict:
         data = (exp.train_images[: args.batch_size], exp.train_labels[: args.batch_size], torch.arange(args.batch_size))
         weights = objective_weights(config, 0)
         steps[name] = (exp, optimizer, gen, data, weights)
-        optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights)  # warm-up
+        optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights, args.precision)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, (exp, optimizer, gen, data, weights) in steps.items():
             start = time.perf_counter()
             for _ in range(args.steps):
-                optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights)
+                optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights, args.precision)
             times[name].append((time.perf_counter() - start) / args.steps)
     fastest = {name: min(values) for name, values in times.items()}
     base = fastest["supervised"]

@@ -22,7 +22,7 @@ from common import record
 
 from smallvit.config import load_recipe
 from smallvit.engine.experiment import build_experiment
-from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step
+from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step, resolve_precision
 
 
 def time_steps(step, steps: int, warmup: int, batch_size: int) -> float:
@@ -53,7 +53,8 @@ def smallvit_step(precision: str, batch_size: int, recipe: str = "quickstart"):
     weights = objective_weights(config, 0)
     indices = torch.arange(batch_size)
     data = (exp.train_images[:batch_size], exp.train_labels[:batch_size], indices)
-    return lambda: optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights), exp
+    resolved = resolve_precision(precision, exp.device)
+    return lambda: optimizer_step(exp, exp.model, optimizer, data, gen, 0, weights, resolved), exp
 
 
 def handwritten_step(exp, batch_size: int):

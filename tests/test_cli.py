@@ -46,7 +46,9 @@ def test_train_eval_export_reload_in_timm(tmp_path):
     assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "checkpoints" / "last.json").is_file()
     assert list((run / "tensorboard").iterdir())
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["images_per_s"] > 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    rates = [record["train/images_per_s"] for record in map(json.loads, lines) if record["kind"] == "train"]
+    assert len(rates) == 4 and summary["images_per_s"] == round(sum(rates[1:]) / 3, 1)  # the first is warm-up
     assert {"val/supervised/acc1", "test/supervised/acc1"} <= set(summary["final"])
     assert len(json.loads((run / "subset_indices.json").read_text())["train"]) == 200
     splits = summary["provenance"]["splits"]

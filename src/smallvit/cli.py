@@ -69,7 +69,12 @@ def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
     try:
         summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
     except (KeyboardInterrupt, Interrupted) as err:
-        err_console.print(f"{err or 'interrupted'}: continue with `smallvit train --resume {run_dir}`")
+        err_console.print(
+            f"{err or 'interrupted'}: continue with `smallvit train --resume {run_dir}`",
+            soft_wrap=True,  # one line, so that the command can be copied
+            markup=False,
+            highlight=False,
+        )
         raise typer.Exit(130) from None
     _print_summary(summaries)
 
@@ -99,7 +104,12 @@ def train(
         try:
             _print_summary(resume_run(resume, quiet=quiet, console=console))
         except (KeyboardInterrupt, Interrupted) as err:
-            err_console.print(f"{err or 'interrupted'}: continue with `smallvit train --resume {resume}`")
+            err_console.print(
+                f"{err or 'interrupted'}: continue with `smallvit train --resume {resume}`",
+                soft_wrap=True,  # one line, so that the command can be copied
+                markup=False,
+                highlight=False,
+            )
             raise typer.Exit(130) from None
         return
     if recipe is None:
@@ -161,9 +171,15 @@ def eval_classify(
     run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
     split: Annotated[str | None, typer.Option(help="val, test (default) or another split of the dataset.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: the metrics, accuracy per class and the confusion matrix.")
+    ] = False,
 ) -> None:
-    """Top-1, top-5 and loss of a trained run on a split."""
-    from smallvit.eval.classify import evaluate_run
+    """Top-1, top-5 and loss of a trained run on a split (--json: also per class, and the confusion matrix)."""
+    if as_json:
+        _eval_json(_stage(run), split, checkpoint)
+        return
+    from smallvit.runs import evaluate_run
 
     metrics = evaluate_run(_stage(run), split=split, checkpoint=checkpoint)
     for key, value in metrics.items():
@@ -171,6 +187,35 @@ def eval_classify(
     bad = [key for key, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise SmallViTError(f"{bad[0]} is not finite: the checkpoint's weights are broken; evaluate another checkpoint")
+
+
+def _eval_json(stage: Path, split: str | None, checkpoint: str) -> None:
+    """``eval --json``: one load of the run for the metrics and for the per-class numbers of the same split."""
+    import json
+
+    from smallvit.engine.pictures import class_summary, predict_split
+    from smallvit.engine.trainer import evaluate
+    from smallvit.runs import load_run, split_role
+
+    experiment = load_run(stage, checkpoint, split)
+    role = split_role(split)
+    metrics = evaluate(experiment, experiment.model, role, prefix=split or "test")
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise SmallViTError(f"{bad[0]} is not finite: the checkpoint's weights are broken; evaluate another checkpoint")
+    data = experiment.eval_set(role)
+    report = {"run": str(stage), "split": split or "test", "checkpoint": checkpoint, "metrics": metrics}
+    probabilities = predict_split(experiment, experiment.model, data)
+    if probabilities is not None:
+        summary = class_summary(probabilities, data.labels, experiment.classes)
+        report.update(
+            classes=experiment.classes,
+            images_per_class=[sum(row) for row in summary["confusion"]],
+            per_class_accuracy=summary["per_class"],
+            confusion_matrix=summary["confusion"],
+            confusion_matrix_axes="rows: true class, columns: predicted class (in the order of classes)",
+        )
+    typer.echo(json.dumps(report, indent=2))
 
 
 @eval_app.command("knn", epilog="Example:\n\n  smallvit eval knn runs/idmm-pretrain-20261125-120000")
@@ -182,7 +227,7 @@ def eval_knn(
     temperature: Annotated[float, typer.Option(help="Vote weight exp(cosine / temperature).")] = 0.07,
 ) -> None:
     """Weighted kNN top-1 on frozen features (training set as the bank); features cached in the run folder."""
-    from smallvit.eval.knn import knn_evaluate_run
+    from smallvit.runs import knn_evaluate_run
 
     result = knn_evaluate_run(_stage(run), split=split, checkpoint=checkpoint, k=k, temperature=temperature)
     console.print(f"knn/acc1 ({result['split']}, k={k}, T={temperature}): {result['acc1']:.4f}")
@@ -198,7 +243,7 @@ def eval_linear(
     ] = None,
 ) -> None:
     """Linear-probe top-1 on frozen features (L-BFGS logistic regression); features cached in the run folder."""
-    from smallvit.eval.linear import linear_probe_run
+    from smallvit.runs import linear_probe_run
 
     result = linear_probe_run(_stage(run), split=split, checkpoint=checkpoint, weight_decay=weight_decay)
     console.print(f"linear/acc1 ({result['split']}, weight decay {result['weight_decay']:g}): {result['acc1']:.4f}")
@@ -211,10 +256,134 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Write timm-loadable weights (model.safetensors + config.json) of a run's backbone and classifier."""
-    from smallvit.eval.classify import export_run
+    from smallvit.runs import export_run
 
     path = export_run(_stage(run), output, checkpoint=checkpoint)
     console.print(f"wrote {path} and {path.parent / 'config.json'}")
+
+
+@app.command(
+    epilog="Examples:\n\n  smallvit fit photos/ --budget 15m\n\n  smallvit fit photos/ --epochs 30 --device cuda"
+    "\n\n  smallvit fit scans/ --budget 1h --on-bad-file skip --output runs/scans"
+    "\n\n  smallvit fit photos/ model.preset=vit_tiny   # fit's choices, then any override",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+)
+def fit(
+    folder: Annotated[Path, typer.Argument(help="FOLDER/<class>/<image>, or FOLDER/{train,val,test}/<class>/<image>.")],
+    budget: Annotated[
+        str, typer.Option(help="Time for everything after decoding the images once: 90s, 15m, 1h30m.")
+    ] = "15m",
+    epochs: Annotated[int | None, typer.Option(help="Train this many epochs instead of filling --budget.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder to create (default: runs/fit-<folder name>-<time>).")
+    ] = None,
+    on_bad_file: Annotated[
+        str,
+        typer.Option(
+            "--on-bad-file", help="An image that cannot be read: error (stop and name it) or skip (leave it out)."
+        ),
+    ] = "error",
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key.sub=value settings applied after fit's choices.")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train the best model this folder of images can give: size, patch, recipe and epochs chosen from the data and
+    the budget (each choice and why printed and kept in report.md), then evaluate, export and explain it."""
+    from smallvit.fit import fit_folder, parse_duration
+
+    if on_bad_file not in ("error", "skip"):
+        raise SmallViTError(f"--on-bad-file {on_bad_file!r} is not valid: use error or skip")
+    result = fit_folder(
+        folder,
+        budget_s=parse_duration(budget) if epochs is None else None,
+        epochs=epochs,
+        device=device,
+        output=output,
+        on_bad_file=on_bad_file,
+        overrides=overrides or [],
+        quiet=quiet,
+        console=console,
+    )
+    run = result.run_summary
+    final, best = run.get("final", {}), run.get("best", {})
+    lines = [f"{key}: {value:.4f}" for key, value in final.items() if key.endswith("/acc1")]
+    if best.get("value") is not None:
+        lines.append(f"best {best['metric']} = {best['value']:.4f} at epoch {result.best_epoch} (exported)")
+    spent = f"{result.after_decoding_s:.0f} s after decoding"
+    if result.budget_s is not None:
+        spent += f" (budget {result.budget_s:.0f} s)"
+        if result.slowdown and result.after_decoding_s > result.budget_s:
+            spent += f", epochs {result.slowdown:.1f}x slower than measured"
+    lines += [
+        f"{run.get('epochs')} epochs of {result.recipe.recipe} at {result.geometry.image_size} px / patch "
+        f"{result.geometry.patch_size}; {spent}; decoding {result.decode_s:.0f} s",
+        f"report: {result.run_dir / 'report.md'}",
+        f"export: {result.export_dir}",
+        f"predict: smallvit predict {result.run_dir} IMAGE_OR_FOLDER...",
+    ]
+    console.print(Panel("\n".join(lines), title=f"[bold]fit {folder}[/bold]", expand=False), highlight=False)
+
+
+@app.command(
+    epilog="Examples:\n\n  smallvit predict runs/fit-photos-20261201-120000 new/ --top-k 3"
+    "\n\n  smallvit predict exported/ a.jpg b.png --csv predictions.csv",
+)
+def predict(
+    model: Annotated[Path, typer.Argument(help="Run folder, or export folder (smallvit export / fit's export/).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and folders of images (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per image, most probable first.")] = 5,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write path, top1_class, top1_probability, top2_class, ... to this file."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    checkpoint: Annotated[str, typer.Option(help="best or last (run folders).")] = "best",
+) -> None:
+    """Classify images with a trained run, preprocessed as the run's evaluation was; unreadable files are reported
+    one per line and the rest are still classified (exit code 1 if any could not be read)."""
+    from smallvit.predict import find_images, load_predictor, predict_files, write_csv
+
+    predictor = load_predictor(model, device=device, checkpoint=checkpoint)
+    files = find_images(images)
+
+    def report_error(path: str, why: str) -> None:
+        message = f"error: cannot read {path} ({why}): skipped"
+        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    result = predict_files(predictor, files, top_k=top_k, on_error=report_error)
+    k = min(top_k, len(predictor.classes))
+    if csv_file is None or len(result.predictions) <= 20:
+        table = Table("image", *[name for rank in range(1, k + 1) for name in (f"top-{rank}", "p")], box=None)
+        for p in result.predictions:
+            table.add_row(p.path, *[cell for c, v in zip(p.classes, p.probabilities) for cell in (c, f"{v:.3f}")])
+        console.print(table)
+    if csv_file is not None:
+        write_csv(result.predictions, csv_file, k)
+        console.print(f"wrote {len(result.predictions)} predictions to {csv_file}", highlight=False)
+    if result.errors:
+        err_console.print(f"{len(result.errors)} of {len(files)} files could not be read", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example:\n\n  smallvit plot runs/quickstart-20261125-120000")
+def plot(
+    run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Draw a run's pictures into its folder: curves, confusion matrix, worst-classified validation images,
+    predicted vs true patch positions, position-embedding similarity, mean attention distance (those that apply)."""
+    from smallvit.engine.logging import plot_curves
+    from smallvit.engine.pictures import draw_run_pictures
+    from smallvit.runs import load_run
+
+    stage = _stage(run)
+    experiment = load_run(stage, checkpoint)
+    written = [path.name for path in [plot_curves(stage)] if path is not None]
+    analysis = draw_run_pictures(experiment, experiment.model, stage, checkpoint=checkpoint)
+    written += list(analysis.pictures.values())
+    console.print(f"{stage}: wrote {', '.join(written)} and analysis.json ({analysis.weights})", highlight=False)
 
 
 @app.command()

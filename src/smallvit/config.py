@@ -8,16 +8,25 @@ inherits another recipe and deep-merges this file's keys over it, so ablation ro
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from smallvit.data.pipeline import ViewSpec
 from smallvit.errors import ConfigError
-from smallvit.objectives import ObjectiveConfig, parse_objective_config
+from smallvit.objectives import OBJECTIVES, ObjectiveConfig, parse_objective_config
 
 # Short names for the overrides users type most.
 ALIASES = {
@@ -71,6 +80,11 @@ class DataConfig(Strict):
     on_bad_file: Literal["error", "skip"] = Field(
         "error", description="an undecodable image: stop with an error naming it, or skip it (listed in the run folder)"
     )
+    decode: Literal["full", "draft"] = Field(
+        "full",
+        description="image files: full (every pixel, then resized) or draft (camera photos: JPEGs decoded at reduced "
+        "scale, EXIF orientation applied; smallvit fit's choice)",
+    )
     subset: SubsetConfig | None = None
     eval_subset: SubsetConfig | None = Field(None, description="subsample the validation and test splits")
 
@@ -109,6 +123,90 @@ class OptimConfig(Strict):
         return self.warmup_fraction * epochs if self.warmup_fraction is not None else self.warmup_epochs
 
 
+class WeightSchedule(Strict):
+    """How an objective's weight evolves; the value multiplies the objective's configured ``weight``.
+
+    constant: always 1. warmup: 0 → 1 linearly over ``warmup_epochs``, then 1. warmup_decay: 0 → 1 over
+    ``warmup_epochs``, then linearly down to 0 at the last epoch (DRLoc). cosine: 1 → 0 along a half cosine.
+    A pure function of ``(epoch, total)``, so a resumed run recomputes it exactly from its step counter.
+    """
+
+    kind: Literal["constant", "warmup", "warmup_decay", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
+
+    def factor(self, epoch: float, total: float) -> float:
+        ramp = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "warmup":
+            return ramp
+        if self.kind == "warmup_decay":
+            if epoch < self.warmup_epochs:
+                return ramp
+            return max(0.0, (total - epoch) / max(total - self.warmup_epochs, 1e-12))
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch / max(total, 1e-12), 1.0)))
+
+
+class ObjectiveWeight(Strict):
+    """How much one objective's loss counts in the run: ``weight × weight_schedule.factor(epoch, epochs)``.
+
+    Written in the recipe beside the objective (``{name: drloc, weight: 0.1, weight_schedule: {...}}``) and split
+    off when the recipe is read; without ``weight``, the objective's ``default_weight`` (the paper's).
+    """
+
+    weight: float = Field(1.0, ge=0)
+    weight_schedule: WeightSchedule = WeightSchedule()
+
+
+def _expand_mae_position_labels(specs: list) -> list:
+    """Run folders written before MAE composed with the apl/rpl objectives held them inside it
+    (``{name: mae, position_labels: [{kind: apl, weight: 0.5}]}``, loss ``mae + Σ weight · label``): they become those
+    objectives listed right after it with ``masked_by: mae`` and weight ``mae's weight × label weight``, the same loss.
+    """
+    expanded = []
+    for spec in specs:
+        if not (isinstance(spec, dict) and spec.get("name") == "mae" and "position_labels" in spec):
+            expanded.append(spec)
+            continue
+        spec = dict(spec)
+        labels = spec.pop("position_labels") or []
+        if not isinstance(labels, list) or not all(isinstance(label, dict) and "kind" in label for label in labels):
+            raise ConfigError(f"mae.position_labels={labels!r}: write a list of {{kind: apl or rpl, weight: w}}")
+        expanded.append(spec)
+        for label in labels:
+            label = dict(label)
+            kind, weight = label.pop("kind"), label.pop("weight", 0.5)
+            if kind == "apl":
+                label.pop("max_pairs", None)  # was accepted and unused
+            shared = {key: spec[key] for key in ("weight_schedule", "views") if key in spec}
+            factors = (spec.get("weight", 1.0), weight)
+            numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in factors)
+            weight = factors[0] * weight if numbers else weight  # else validation names the bad one
+            expanded.append({"name": kind, "weight": weight, "masked_by": "mae", **shared, **label})
+    return expanded
+
+
+def _split_objective(spec: Any, where: str) -> tuple[ObjectiveConfig, ObjectiveWeight]:
+    """One ``objectives`` entry → (the objective's own config, its run-level weight and schedule)."""
+    if isinstance(spec, ObjectiveConfig):
+        return spec, ObjectiveWeight(weight=OBJECTIVES[spec.name].default_weight)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}={spec!r} is not a mapping: write e.g. {{name: relations, weight: 0.5}}")
+    own = {key: value for key, value in spec.items() if key not in ("weight", "weight_schedule")}
+    if not isinstance(own.get("name"), str) or own["name"] not in OBJECTIVES:  # any value, also [] or "a\nb"
+        known = ", ".join(sorted(OBJECTIVES))
+        raise ConfigError(f"unknown objective {own.get('name')!r} in {where}: choose one of {known}")
+    config = parse_objective_config(own, where)
+    weight = spec.get("weight", OBJECTIVES[config.name].default_weight)
+    try:
+        return config, ObjectiveWeight(weight=weight, weight_schedule=spec.get("weight_schedule", {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        problem = "an objective weight must be a finite number >= 0 (0: off)" if key == "weight" else first["msg"]
+        raise ConfigError(f"{where}.{key}={first.get('input')!r}: {problem}") from None
+
+
 class TrainConfig(Strict):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(128, gt=0)
@@ -136,7 +234,7 @@ class TrainConfig(Strict):
     skip_nonfinite: int = Field(
         0, ge=0, description="optimizer steps with a non-finite loss to skip (counted in the metrics) before stopping"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds the weights, data order, augmentation and drop path")
     device: str = "auto"
 
 
@@ -151,6 +249,10 @@ class RunConfig(Strict):
     objectives: list[SerializeAsAny[ObjectiveConfig]] = Field(
         default_factory=lambda: [parse_objective_config({"name": "supervised"})]
     )
+    objective_weights: list[ObjectiveWeight] = Field(
+        default_factory=lambda: [ObjectiveWeight()],
+        description="one per objective, in order; split off the objectives entries (write weight beside each)",
+    )
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 
@@ -160,7 +262,8 @@ class RunConfig(Strict):
         """Run folders written before validation splits existed evaluated one split, ``data.eval_split``: it becomes
         the test split, nothing is carved out of their training set (so they rebuild exactly), and their best
         checkpoint is no longer selected (it was chosen on that split)."""
-        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "eval_split" in data["data"]:
+        legacy = isinstance(data, dict) and isinstance(data.get("data"), dict) and "eval_split" in data["data"]
+        if legacy and isinstance(data.get("train", {}), dict):
             data = copy.deepcopy(data)
             data["data"]["test_split"] = data["data"].pop("eval_split")
             data["data"].setdefault("val_fraction", 0.0)
@@ -170,12 +273,24 @@ class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _objectives_by_name(cls, data):
+        """Each ``objectives`` entry into the objective's own config (validated by its objective) and its run-level
+        weight and schedule (``objective_weights``)."""
+        if isinstance(data, dict) and "objective_weights" in data:
+            raise ConfigError("objective_weights is not a recipe key: write weight and weight_schedule per objective")
         if isinstance(data, dict) and isinstance(data.get("objectives"), list):
             data = dict(data)
-            data["objectives"] = [
-                spec if isinstance(spec, ObjectiveConfig) else parse_objective_config(spec, f"objectives.{i}")
-                for i, spec in enumerate(data["objectives"])
-            ]
+            entries = _expand_mae_position_labels(data["objectives"])
+            split = [_split_objective(spec, f"objectives.{i}") for i, spec in enumerate(entries)]
+            data["objectives"] = [config for config, _ in split]
+            data["objective_weights"] = [weight for _, weight in split]
+        return data
+
+    @model_serializer(mode="wrap")
+    def _weights_beside_objectives(self, handler) -> dict:
+        """Written as read: each objective's weight and schedule inside its entry, as in a recipe."""
+        data = handler(self)
+        weights = data.pop("objective_weights")
+        data["objectives"] = [{"name": o["name"], **w, **o} for o, w in zip(data["objectives"], weights, strict=True)]
         return data
 
     @model_validator(mode="after")
@@ -187,6 +302,23 @@ class RunConfig(Strict):
                     f"objective '{objective.name}' reads view(s) {missing} that augment does not define "
                     f"(defined: {sorted(self.augment)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _masks_listed_first(self):
+        """An objective ``masked_by`` another reads the mask it publishes in the same step: that one comes first."""
+        for i, objective in enumerate(self.objectives):
+            source = getattr(objective, "masked_by", None)
+            if source is None:
+                continue
+            where = f"objectives.{i}.masked_by={source!r}"
+            maskers = [o for o in self.objectives[:i] if o.name == source and OBJECTIVES[o.name].publishes_mask]
+            if not maskers:
+                options = ", ".join(sorted(name for name, cls in OBJECTIVES.items() if cls.publishes_mask))
+                raise ConfigError(f"{where}: list a masking objective ({options}) of that name before {objective.name}")
+            missing = [v for v in objective.views if v not in maskers[0].views]
+            if missing:
+                raise ConfigError(f"{where}: {source} does not mask view(s) {missing}: give {source} those views")
         return self
 
     def to_dict(self) -> dict:
@@ -240,12 +372,20 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def _yaml_reason(err: Exception) -> str:
+    """What is wrong with a YAML text, in a few words: the first line of YAML's message (a ``ValueError`` is a value
+    YAML cannot build, such as the date 2021-02-30; a ``RecursionError``, nesting deeper than Python can follow)."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """A YAML file that must hold a non-empty mapping (a recipe, a run's config), or one ConfigError line."""
     try:
         raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        reason = str(err).splitlines()[0] if isinstance(err, yaml.YAMLError) else "binary, not text"
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = "binary, not text" if isinstance(err, UnicodeDecodeError) else _yaml_reason(err)
         raise ConfigError(f"{what} '{path}' is not valid YAML ({reason}): fix or replace the file") from None
     except OSError as err:
         raise ConfigError(f"{what} '{path}' cannot be read ({err.strerror}): check the path") from None
@@ -273,9 +413,16 @@ def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
         raise ConfigError(f"recipe '{name_or_path}' inherits itself through 'base': break the cycle")
     raw = read_yaml_mapping(path, "recipe")
     raw.setdefault("name", path.stem)
-    if isinstance(raw.get("stages"), list):
-        raw["stages"] = [_relative_to(path, s) if isinstance(s, str) else s for s in raw["stages"]]
+    if not isinstance(raw["name"], str):
+        raise ConfigError(f"recipe '{path}': name={raw['name']!r} must be a string")
+    if "stages" in raw:
+        if not isinstance(raw["stages"], list) or not all(isinstance(s, str) for s in raw["stages"]):
+            stages = raw["stages"]
+            raise ConfigError(f"recipe '{path}': stages={stages!r} must be a list of recipe names or .yaml paths")
+        raw["stages"] = [_relative_to(path, s) for s in raw["stages"]]
     base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"recipe '{path}': base={base!r} must be a recipe name or a .yaml path")
     if base:
         parent = load_raw(_relative_to(path, base), _seen + (path.resolve(),))
         parent.pop("description", None)
@@ -290,18 +437,23 @@ def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override '{pair}' is not key=value: write e.g. train.epochs=5")
+            raise ConfigError(f"override {pair!r} is not key=value: write e.g. train.epochs=5")
         key = ALIASES.get(key, key)
-        parsed.append((key.split("."), yaml.safe_load(value) if value else None))
+        try:
+            parsed.append((key.split("."), yaml.safe_load(value) if value else None))
+        except (yaml.YAMLError, ValueError, RecursionError) as err:
+            raise ConfigError(f"override {pair!r}: the value is not valid YAML ({_yaml_reason(err)})") from None
     return parsed
 
 
 def _index(node: dict | list, key: str, dotted: str) -> str | int:
     """``key`` as a checked list index when ``node`` is a list, else unchanged."""
-    if not isinstance(node, list):
+    if isinstance(node, dict):
         return key
+    if not isinstance(node, list):
+        raise ConfigError(f"override {dotted!r}: {key!r} is inside {node!r}, a value, not a mapping or a list")
     if not key.isdigit() or int(key) >= len(node):
-        raise ConfigError(f"override '{dotted}': '{key}' is not an index below {len(node)}")
+        raise ConfigError(f"override {dotted!r}: {key!r} is not an index below {len(node)}")
     return int(key)
 
 
@@ -333,6 +485,11 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _quoted(text: str) -> str:
+    """``'text'`` for a message, or its escaped ``repr`` when it holds a newline or another unprintable character."""
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
 def validate_run(raw: dict, where: str) -> RunConfig:
     """Validate one stage's dict, turning pydantic's report into one line naming the key, value and fix."""
     try:
@@ -345,9 +502,10 @@ def validate_run(raw: dict, where: str) -> RunConfig:
         key = ".".join(str(p) for p in loc)
         if first["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_fields(RunConfig, loc[:-1]))
-            raise ConfigError(f"{where}: unknown key '{key}' (allowed here: {allowed})") from None
+            raise ConfigError(f"{where}: unknown key {_quoted(key)} (allowed here: {allowed})") from None
         value = first.get("input")
         shown = f"={value!r}" if not isinstance(value, dict) else ""
+        key = key if key.isprintable() else repr(key)
         raise ConfigError(f"{where}: {key}{shown}: {first['msg']}") from None
 
 
@@ -358,12 +516,13 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     if "stages" in raw:
         extra = set(raw) - {"stages", "name", "description"}
         if extra:
-            raise ConfigError(f"recipe '{raw['name']}' has stages and also {sorted(extra)}: put those in the stages")
+            extra = sorted(map(str, extra))
+            raise ConfigError(f"recipe {raw['name']!r} has stages and also {extra}: put those in the stages")
         stage_raws = [load_raw(stage) for stage in raw["stages"]]
     else:
         stage_raws = [raw]
     stages = [
-        validate_run(apply_overrides(stage, parsed), f"recipe '{stage.get('name', raw['name'])}'")
+        validate_run(apply_overrides(stage, parsed), f"recipe {_quoted(str(stage.get('name', raw['name'])))}")
         for stage in stage_raws
     ]
     description = str(raw.get("description", "")).strip()

@@ -166,10 +166,11 @@ def test_random_resized_crop_of_the_whole_image_is_identity():
 
 
 def test_random_resized_crop_falls_back_to_a_centre_crop():
-    # No box of the whole area with aspect 2 fits a square: the fallback is the middle 8 rows, full width.
+    # No box of the whole area with aspect 2 fits a square: the fallback is the middle 8 rows (4 to 11), full width,
+    # stretched to 16 rows: output row j samples the ramp at its pixel centre, 4 + (j + 0.5) / 2 - 0.5.
     rows = torch.arange(16.0).view(1, 1, 16, 1).expand(2, 3, 16, 16)
     out = apply({"op": "random_resized_crop", "size": 16, "scale": [1, 1], "ratio": [2, 2]}, rows)
-    assert out.min() > 3.5 and out.max() < 11.5
+    torch.testing.assert_close(out, (3.75 + 0.5 * torch.arange(16.0)).view(1, 1, 16, 1).expand(2, 3, 16, 16))
 
 
 def test_resize_antialiases_when_shrinking():

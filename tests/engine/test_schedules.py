@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from smallvit.engine.schedules import WeightSchedule, warmup_cosine
+from smallvit.config import WeightSchedule
+from smallvit.engine.schedules import warmup_cosine
 
 
 def test_warmup_cosine_by_hand():

@@ -11,9 +11,8 @@ from smallvit.config import RunConfig, load_recipe, validate_run
 from smallvit.engine.experiment import build_experiment, load_splits
 from smallvit.engine.trainer import build_optimizer, evaluate, init_head_from_probe, train
 from smallvit.errors import ConfigError
-from smallvit.eval.features import extract_features
-from smallvit.eval.knn import knn_accuracy, knn_evaluate_run
-from smallvit.eval.linear import train_linear_probe
+from smallvit.metrics import extract_features, knn_accuracy, train_linear_probe
+from smallvit.runs import knn_evaluate_run
 
 TINY = ["data.subset.per_class=8", "data.eval_subset.per_class=4", "model.overrides.depth=2", "train.batch_size=40"]
 

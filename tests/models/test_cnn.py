@@ -42,7 +42,8 @@ def test_resnet18_cifar_is_resnet18_with_the_cifar_stem(resnet18_cifar, batch):
     params = sum(p.numel() for p in backbone.parameters())
     print(f"resnet18_cifar: {params / 1e6:.2f} M parameters")
     assert isinstance(backbone, ResNetBackbone) and PRESETS["resnet18_cifar"].family == "cnn"
-    assert 11.1e6 < params < 11.3e6  # ResNet-18's 11.69 M less the 1000-class fc, stem 7x7 -> 3x3
+    # ResNet-18's 11,689,512 less the 1000-class fc, and the stem's 7x7 kernels cut to 3x3
+    assert params == 11_689_512 - (512 * 1000 + 1000) - 3 * 64 * (7 * 7 - 3 * 3) == 11_168_832
     conv1 = backbone.model.conv1
     assert (conv1.kernel_size, conv1.stride, conv1.padding) == ((3, 3), (1, 1), (1, 1))
     assert isinstance(backbone.model.maxpool, nn.Identity)

@@ -20,7 +20,7 @@ def bias_tables(backbone):
 def test_swin_lite_outputs_final_stage_tokens(batch):
     backbone = build_backbone("swin_lite", img_size=32, patch_size=2)
     assert isinstance(backbone, SwinBackbone) and PRESETS["swin_lite"].family == "swin"
-    assert 2.5e6 < sum(p.numel() for p in backbone.parameters()) < 2.8e6
+    assert sum(p.numel() for p in backbone.parameters()) == 2_609_324  # "2.6 M params, like vit_lite"
     out = backbone(torch.randn(batch, 3, 32, 32))
     assert out.patch_tokens.shape == (batch, 16, 256) and out.grid == (4, 4) == backbone.grid
     assert backbone.embed_dim == 256 and not backbone.has_cls_token

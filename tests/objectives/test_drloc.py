@@ -5,9 +5,10 @@ from torch import nn
 from smallvit.config import load_recipe
 from smallvit.data.batch import Batch, View
 from smallvit.models import build_backbone
+from smallvit.models.backbone import BackboneOutput
 from smallvit.objectives import ObjectiveSetup, StepContext, build_objective, parse_objective_config
 from smallvit.objectives.drloc import DRLocHead, drloc_loss, normalized_offsets
-from smallvit.objectives.grid import sample_pairs
+from smallvit.objectives.grid import pair_targets, sample_pairs
 
 
 def test_normalized_offsets_by_hand_on_2x3():
@@ -21,15 +22,51 @@ def test_normalized_offsets_by_hand_on_2x3():
     assert offsets.diagonal(dim1=0, dim2=1).abs().sum() == 0
 
 
+class FixedTokens(nn.Module):
+    def __init__(self, tokens, grid):
+        super().__init__()
+        self.tokens, self.grid = tokens, grid
+
+    def forward(self, images):
+        return BackboneOutput(self.tokens.mean(1), self.tokens, self.grid)
+
+
 class ZeroHead(nn.Module):
     def forward(self, first, second):
         return torch.zeros(*first.shape[:-1], 2)
 
 
+def zero_head_objective(tokens, grid, num_pairs):
+    setup = ObjectiveSetup(tokens.shape[-1], grid, 4, 4 * grid[0], 3, 10, 8)
+    objective = build_objective(parse_objective_config({"name": "drloc", "num_pairs": num_pairs}), setup)
+    objective.head = ZeroHead()
+    return objective
+
+
+def run(objective, tokens, grid, patch_order):
+    view = View(torch.zeros(len(tokens), 3, 1, 1), None, torch.arange(len(tokens)), patch_order=patch_order)
+    return objective(StepContext(Batch({"main": view}), FixedTokens(tokens, grid))).loss
+
+
+def test_drloc_loss_equals_a_loop_over_pairs():
+    predicted = torch.randn(2, 3, 2)
+    first, second = torch.tensor([[0, 5, 5], [2, 1, 0]]), torch.tensor([[1, 0, 5], [3, 3, 4]])
+    order = torch.tensor([[5, 3, 1, 0, 2, 4], [0, 1, 2, 3, 4, 5]])
+    offsets = normalized_offsets(2, 3)
+    total = sum(
+        (predicted[b, p] - offsets[order[b, first[b, p]], order[b, second[b, p]]]).abs().sum()
+        for b in range(2)
+        for p in range(3)
+    )
+    targets = pair_targets(offsets, 2, order, (first, second))
+    assert torch.allclose(drloc_loss(predicted, targets), total / 12, atol=1e-6)
+
+
 def test_loss_is_l1_to_the_sampled_pairs_offsets():
     tokens = torch.randn(3, 6, 4)
+    objective = zero_head_objective(tokens, (2, 3), num_pairs=7)
     torch.manual_seed(0)
-    loss = drloc_loss(ZeroHead(), tokens, (2, 3), None, num_pairs=7)
+    loss = run(objective, tokens, (2, 3), None)
     torch.manual_seed(0)
     first, second = sample_pairs(3, 6, 7)
     assert torch.allclose(loss, normalized_offsets(2, 3)[first, second].abs().mean())
@@ -38,8 +75,9 @@ def test_loss_is_l1_to_the_sampled_pairs_offsets():
 def test_loss_follows_patch_order():
     tokens = torch.randn(2, 6, 4)
     order = torch.tensor([[5, 4, 3, 2, 1, 0], [0, 2, 1, 3, 5, 4]])
+    objective = zero_head_objective(tokens, (2, 3), num_pairs=5)
     torch.manual_seed(0)
-    loss = drloc_loss(ZeroHead(), tokens, (2, 3), order, num_pairs=5)
+    loss = run(objective, tokens, (2, 3), order)
     torch.manual_seed(0)
     first, second = sample_pairs(2, 6, 5)
     offsets = normalized_offsets(2, 3)
@@ -69,8 +107,8 @@ def test_objective_on_a_backbone(batch):
 )
 def test_recipes_warm_up_then_decay_lambda(recipe, weight, preset):
     (stage,) = load_recipe(recipe).stages
-    drloc = stage.objectives[1]
-    assert stage.model.preset == preset and drloc.name == "drloc" and drloc.weight == weight
-    schedule, epochs = drloc.weight_schedule, stage.train.epochs
+    drloc, drloc_weight = stage.objectives[1], stage.objective_weights[1]
+    assert stage.model.preset == preset and drloc.name == "drloc" and drloc_weight.weight == weight
+    schedule, epochs = drloc_weight.weight_schedule, stage.train.epochs
     assert schedule.factor(10, epochs) == 0.5 and schedule.factor(20, epochs) == 1.0
     assert schedule.factor(epochs, epochs) == 0.0

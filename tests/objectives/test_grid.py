@@ -1,10 +1,16 @@
+import pytest
 import torch
 
+from smallvit.errors import ConfigError
 from smallvit.objectives.grid import (
+    check_grid,
+    check_min_tokens,
+    choose_pairs,
     grid_coords,
     original_positions,
     pair_labels,
     pair_offsets,
+    pair_targets,
     sample_pairs,
     sampled_pair_labels,
     take_tokens,
@@ -62,3 +68,34 @@ def test_sampled_pair_labels_agree_with_all_pair_labels():
     expected = torch.stack([full[b, first[b], second[b]] for b in range(2)])
     assert torch.equal(sampled_pair_labels(pairs, order, first, second), expected)
     assert sampled_pair_labels(pairs, None, first, second)[0].tolist() == [1, 5, 14]
+
+
+def test_choose_pairs_scores_all_pairs_unless_fewer_are_asked():
+    assert choose_pairs(2, 4, None) is None and choose_pairs(2, 4, 16) is None
+    torch.manual_seed(0)
+    first, second = choose_pairs(2, 4, 15)
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip((first, second), sample_pairs(2, 4, 15)))
+
+
+def test_pair_targets_of_all_or_sampled_pairs():
+    pairs = torch.arange(16).reshape(4, 4)
+    order = torch.tensor([[3, 2, 1, 0], [1, 0, 3, 2]])
+    assert torch.equal(pair_targets(pairs, 2, order), pair_labels(pairs, order, 2))
+    first, second = torch.tensor([[0, 1], [2, 2]]), torch.tensor([[1, 1], [3, 0]])
+    assert torch.equal(pair_targets(pairs, 2, order, (first, second)), sampled_pair_labels(pairs, order, first, second))
+
+
+def test_take_tokens_sends_gradients_back_to_every_taken_row():
+    tokens = torch.randn(2, 3, 4, requires_grad=True)
+    take_tokens(tokens, torch.tensor([[0, 0, 2], [1, 2, 2]])).sum().backward()
+    assert tokens.grad[:, :, 0].tolist() == [[2, 0, 1], [0, 1, 2]]
+
+
+def test_grid_checks_are_one_line_config_errors():
+    check_min_tokens("relations", (1, 2))
+    with pytest.raises(ConfigError, match="needs at least 2 patch tokens but the token grid is 1×1"):
+        check_min_tokens("relations", (1, 1))
+    check_grid("apl", (8, 8), (8, 8), 4)
+    with pytest.raises(ConfigError, match="built for a 8×8 token grid but got 5×5: set model.img_size=20"):
+        check_grid("apl", (8, 8), (5, 5), 4)

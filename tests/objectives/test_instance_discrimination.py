@@ -14,6 +14,7 @@ from smallvit.objectives import ObjectiveSetup, StepContext, build_objective, pa
 from smallvit.objectives.instance_discrimination import (
     LARGE_INSTANCE_COUNT,
     InstanceDiscrimination,
+    instance_discrimination_loss,
     instance_targets,
     large_instance_count_warning,
 )
@@ -83,7 +84,7 @@ def test_idmm_multi_crop_views_shapes_counts_and_cutmix():
     assert stage.objectives[0].views == ["large", "small"]
 
 
-def test_loss_is_the_sum_over_views_of_each_views_mean_cross_entropy():
+def test_loss_is_the_mean_over_views_of_each_views_mean_cross_entropy():
     torch.manual_seed(0)
     objective, backbone = _objective(label_smoothing=0.1, views=["large", "small"])
     large = View(torch.randn(4, 3, 8, 8), None, torch.tensor([0, 5, 0, 5]))
@@ -98,9 +99,42 @@ def test_loss_is_the_sum_over_views_of_each_views_mean_cross_entropy():
     ce_small = F.cross_entropy(logits(small), torch.tensor([2, 3]), label_smoothing=0.1, reduction="none")
     ce_partner = F.cross_entropy(logits(small), torch.tensor([3, 2]), label_smoothing=0.1, reduction="none")
     expected_small = (torch.tensor([0.8, 0.6]) * ce_small + torch.tensor([0.2, 0.4]) * ce_partner).mean()
-    assert torch.allclose(out.loss, expected_large + expected_small, atol=1e-5)
+    assert torch.allclose(out.loss, (expected_large + expected_small) / 2, atol=1e-5)
     assert torch.allclose(out.metrics["large/loss"], expected_large, atol=1e-5)
     assert "large/acc1" in out.metrics and "small/acc1" not in out.metrics  # no accuracy on mixed crops
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_instance_discrimination_loss_equals_a_loop_over_crops(smoothing):
+    logits, indices = torch.randn(3, 5), torch.tensor([4, 0, 4])
+    mix = Mix(partner=torch.tensor([2, 0, 1]), lam=torch.tensor([0.7, 1.0, 0.55]))
+
+    def smoothed_ce(row, target):
+        log_probs = logits[row].log_softmax(0)
+        return (1 - smoothing) * -log_probs[target] + smoothing * -log_probs.mean()
+
+    plain = sum(smoothed_ce(i, indices[i]) for i in range(3)) / 3
+    mixed = sum(
+        mix.lam[i] * smoothed_ce(i, indices[i]) + (1 - mix.lam[i]) * smoothed_ce(i, indices[mix.partner[i]])
+        for i in range(3)
+    )
+    assert torch.allclose(instance_discrimination_loss(logits, indices, None, smoothing), plain, atol=1e-6)
+    assert torch.allclose(instance_discrimination_loss(logits, indices, mix, smoothing), mixed / 3, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        instance_discrimination_loss(logits, torch.tensor([0, 1, 5]))
+
+
+def test_multi_crop_recipes_weigh_the_mean_over_crop_groups_twice_as_the_paper_sums_them():
+    weights = {
+        name: [w.weight for w in load_recipe(name).stages[0].objective_weights]
+        for name in ("idmm-id", "idmm-id-ls-lowres", "idmm-id-ls-lowres-multicrop", "idmm-pretrain")
+    }
+    assert weights == {
+        "idmm-id": [1.0],
+        "idmm-id-ls-lowres": [1.0],
+        "idmm-id-ls-lowres-multicrop": [2.0],
+        "idmm-pretrain": [2.0],
+    }
 
 
 def test_label_smoothing_defaults_to_the_papers_and_zero_is_plain_cross_entropy():

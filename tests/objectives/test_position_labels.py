@@ -7,14 +7,15 @@ from smallvit.config import load_recipe
 from smallvit.data.batch import Batch, View
 from smallvit.errors import ConfigError
 from smallvit.models import build_backbone
-from smallvit.objectives import ObjectiveSetup, StepContext, build_objective, parse_objective_config
-from smallvit.objectives.grid import sample_pairs
+from smallvit.models.backbone import BackboneOutput
+from smallvit.objectives import OBJECTIVES, ObjectiveSetup, StepContext, build_objective, parse_objective_config
+from smallvit.objectives.grid import check_grid, pair_targets, sample_pairs, token_labels
 from smallvit.objectives.position_labels import (
     AbsolutePositionHead,
     RelativePositionHead,
+    _ChunkedLinearCrossEntropy,
     absolute_labels,
     absolute_position_loss,
-    check_grid,
     relative_label_count,
     relative_labels,
     relative_position_loss,
@@ -72,9 +73,27 @@ def test_factorised_rpl_head_equals_the_concatenation_mlp(channel_split):
     assert factorised.shape == (3, 6, 6, 15)
     assert torch.allclose(factorised, head.forward_concatenated(tokens), atol=1e-5)
     first, second = torch.tensor([[0, 5, 2], [1, 1, 4], [3, 0, 0]]), torch.tensor([[5, 0, 2], [2, 3, 4], [0, 0, 1]])
-    sampled = head(tokens, first, second)
+    sampled = head(tokens, (first, second))
     expected = torch.stack([factorised[b, first[b], second[b]] for b in range(3)])
     assert torch.allclose(sampled, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_chunked_rpl_loss_has_the_values_and_gradients_of_relative_position_loss(sampled, monkeypatch):
+    monkeypatch.setattr(_ChunkedLinearCrossEntropy, "ELEMENTS_PER_CHUNK", 15 * 7)  # 7 rows a chunk, the last shorter
+    torch.manual_seed(0)
+    head, tokens = RelativePositionHead(16, relative_label_count(2, 3)), torch.randn(3, 6, 16, requires_grad=True)
+    order = torch.stack([torch.randperm(6) for _ in range(3)])
+    pairs = sample_pairs(3, 6, 10) if sampled else None
+    targets = pair_targets(relative_labels(2, 3), 3, order, pairs)
+    logits = head(tokens, pairs)
+    expected = relative_position_loss(logits, targets)
+    expected_grads = torch.autograd.grad(expected, [tokens, *head.parameters()])
+    loss, accuracy = head.loss(tokens, targets, pairs)
+    grads = torch.autograd.grad(loss, [tokens, *head.parameters()])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert accuracy == (logits.argmax(-1) == targets).float().mean()
+    assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected_grads))
 
 
 def test_apl_head_reads_only_its_channel_share():
@@ -85,6 +104,54 @@ def test_apl_head_reads_only_its_channel_share():
     assert head(tokens).shape == (2, 4, 4) and torch.equal(head(tokens), head(changed))
 
 
+def apl_loss(head, tokens, grid, positions):
+    """APL's loss and top-1 accuracy through the tensor-level function."""
+    logits = head(tokens)
+    targets = token_labels(absolute_labels(*grid), positions, len(tokens))
+    return absolute_position_loss(logits, targets), (logits.argmax(-1) == targets).float().mean()
+
+
+def rpl_loss(head, tokens, grid, positions, pairs=None):
+    """RPL's loss and top-1 accuracy through the tensor-level function."""
+    logits = head(tokens, pairs)
+    targets = pair_targets(relative_labels(*grid), len(tokens), positions, pairs)
+    return relative_position_loss(logits, targets), (logits.argmax(-1) == targets).float().mean()
+
+
+def test_absolute_position_loss_equals_a_loop_over_tokens():
+    logits, grid = torch.randn(2, 6, 6), (2, 3)
+    order = torch.tensor([[5, 3, 1, 0, 2, 4], [0, 1, 2, 3, 4, 5]])
+    total = sum(-logits[b, k].log_softmax(0)[order[b, k]] for b in range(2) for k in range(6))
+    targets = token_labels(absolute_labels(*grid), order, 2)
+    assert torch.allclose(absolute_position_loss(logits, targets), total / 12, atol=1e-6)
+    masked = torch.tensor([[4, 0], [2, 5]])  # 2 visible tokens per image, at these grid positions
+    total = sum(-logits[b, k].log_softmax(0)[masked[b, k]] for b in range(2) for k in range(2))
+    assert torch.allclose(absolute_position_loss(logits[:, :2], masked), total / 4, atol=1e-6)
+
+
+def test_relative_position_loss_equals_a_loop_over_pairs():
+    grid, labels = (2, 3), relative_labels(2, 3)
+    order = torch.tensor([[5, 3, 1, 0, 2, 4], [0, 1, 2, 3, 4, 5]])
+    logits = torch.randn(2, 6, 6, 15)
+    total = sum(
+        -logits[b, i, j].log_softmax(0)[labels[order[b, i], order[b, j]]]
+        for b in range(2)
+        for i in range(6)
+        for j in range(6)
+    )
+    targets = pair_targets(relative_labels(*grid), 2, order)
+    assert torch.allclose(relative_position_loss(logits, targets), total / 72, atol=1e-6)
+    first, second = torch.tensor([[0, 5, 5], [2, 1, 0]]), torch.tensor([[1, 0, 5], [3, 3, 4]])
+    sampled = logits[torch.arange(2)[:, None], first, second]  # [B, P, C]
+    total = sum(
+        -sampled[b, p].log_softmax(0)[labels[order[b, first[b, p]], order[b, second[b, p]]]]
+        for b in range(2)
+        for p in range(3)
+    )
+    targets = pair_targets(relative_labels(*grid), 2, order, (first, second))
+    assert torch.allclose(relative_position_loss(sampled, targets), total / 6, atol=1e-6)
+
+
 def test_losses_follow_patch_order():
     # Moving the tokens and saying where each came from (patch_order) leaves both losses unchanged.
     torch.manual_seed(0)
@@ -93,30 +160,31 @@ def test_losses_follow_patch_order():
     moved = torch.stack([tokens[b, order[b]] for b in range(2)])
     apl = AbsolutePositionHead(16, 6)
     rpl = RelativePositionHead(16, relative_label_count(2, 3))
-    for loss in (absolute_position_loss, relative_position_loss):
-        head = apl if loss is absolute_position_loss else rpl
-        assert torch.allclose(loss(head, moved, (2, 3), order)[0], loss(head, tokens, (2, 3), None)[0])
+    assert torch.allclose(apl_loss(apl, moved, (2, 3), order)[0], apl_loss(apl, tokens, (2, 3), None)[0])
+    assert torch.allclose(rpl_loss(rpl, moved, (2, 3), order)[0], rpl_loss(rpl, tokens, (2, 3), None)[0])
 
 
 def test_sampled_rpl_loss_uses_the_sampled_pairs_labels():
-    head = RelativePositionHead(16, relative_label_count(2, 3))
-    tokens = torch.randn(2, 6, 16)
+    _, setup = tiny_vit_setup()
+    objective = build_objective(parse_objective_config({"name": "rpl", "max_pairs": 5}), setup)
+    tokens = torch.randn(2, 4, 16)
     torch.manual_seed(1)
-    loss, _ = relative_position_loss(head, tokens, (2, 3), None, max_pairs=5)
+    loss = run(objective, tokens, (2, 2)).loss
     torch.manual_seed(1)
-    first, second = sample_pairs(2, 6, 5)
-    targets = relative_labels(2, 3)[first, second]
-    expected = F.cross_entropy(head(tokens, first, second).flatten(0, 1), targets.flatten())
+    first, second = sample_pairs(2, 4, 5)
+    targets = relative_labels(2, 2)[first, second]
+    expected = F.cross_entropy(objective.head(tokens, (first, second)).flatten(0, 1), targets.flatten())
     assert torch.allclose(loss, expected)
 
 
 def test_max_pairs_at_least_all_pairs_scores_all_pairs():
-    head = RelativePositionHead(16, relative_label_count(2, 3))
-    tokens = torch.randn(2, 6, 16)
-    assert torch.equal(
-        relative_position_loss(head, tokens, (2, 3), None, max_pairs=36)[0],
-        relative_position_loss(head, tokens, (2, 3), None)[0],
-    )
+    _, setup = tiny_vit_setup()
+    tokens = torch.randn(2, 4, 16)
+    torch.manual_seed(0)
+    all_pairs = build_objective(parse_objective_config({"name": "rpl"}), setup)
+    torch.manual_seed(0)
+    enough = build_objective(parse_objective_config({"name": "rpl", "max_pairs": 16}), setup)
+    assert torch.equal(run(enough, tokens, (2, 2)).loss, run(all_pairs, tokens, (2, 2)).loss)
 
 
 def test_heads_learn_positions_from_position_carrying_tokens():
@@ -125,12 +193,26 @@ def test_heads_learn_positions_from_position_carrying_tokens():
     apl, rpl = AbsolutePositionHead(32, 4), RelativePositionHead(32, relative_label_count(2, 2))
     optimizer = torch.optim.Adam([*apl.parameters(), *rpl.parameters()], lr=1e-2)
     for _ in range(60):
-        loss = absolute_position_loss(apl, codes, (2, 2), None)[0] + relative_position_loss(rpl, codes, (2, 2), None)[0]
+        loss = apl_loss(apl, codes, (2, 2), None)[0] + rpl_loss(rpl, codes, (2, 2), None)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert absolute_position_loss(apl, codes, (2, 2), None)[1] == 1.0
-    assert relative_position_loss(rpl, codes, (2, 2), None)[1] == 1.0
+    assert apl_loss(apl, codes, (2, 2), None)[1] == 1.0
+    assert rpl_loss(rpl, codes, (2, 2), None)[1] == 1.0
+
+
+class FixedTokens(torch.nn.Module):
+    def __init__(self, tokens, grid):
+        super().__init__()
+        self.tokens, self.grid = tokens, grid
+
+    def forward(self, images):
+        return BackboneOutput(self.tokens.mean(1), self.tokens, self.grid)
+
+
+def run(objective, tokens, grid):
+    view = View(torch.zeros(len(tokens), 3, 1, 1), None, torch.arange(len(tokens)))
+    return objective(StepContext(Batch({"main": view}), FixedTokens(tokens, grid)))
 
 
 def tiny_vit_setup(img_size=8, patch_size=4):
@@ -153,14 +235,16 @@ def test_objectives_run_at_any_batch_size(batch, spec):
     out = objective(StepContext(Batch({"main": view}), backbone))
     out.loss.backward()
     assert out.loss.isfinite() and 0.0 <= float(out.metrics["acc1"]) <= 1.0
-    assert objective.config.weight == 0.5
+    assert OBJECTIVES[spec["name"]].default_weight == 0.5
 
 
 def test_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="channel_split"):
-        parse_objective_config({"name": "apl", "channel_split": 1.0})
+        parse_objective_config({"name": "rpl", "channel_split": 1.0})
+    with pytest.raises(ConfigError, match="channel_split"):
+        parse_objective_config({"name": "apl", "channel_split": 1.5})
     with pytest.raises(ConfigError, match="built for a 2×2 token grid but got 4×4"):
-        check_grid("apl", (2, 2), (4, 4))
+        check_grid("apl", (2, 2), (4, 4), 4)
 
 
 @pytest.mark.parametrize("recipe", ["poslabel-apl-vit", "poslabel-rpl-vit", "poslabel-rpl-swin"])
@@ -168,7 +252,7 @@ def test_recipes_train_without_position_information(recipe):
     (stage,) = load_recipe(recipe).stages
     assert not stage.model.pos_embed
     names = [o.name for o in stage.objectives]
-    assert names[0] == "supervised" and names[1] in {"apl", "rpl"} and stage.objectives[1].weight == 0.5
+    assert names[0] == "supervised" and names[1] in {"apl", "rpl"} and stage.objective_weights[1].weight == 0.5
     # the method's recipe differs from its baseline only in what the method adds
     base = load_recipe("supervised").stages[0]
     assert (stage.optim, stage.train, stage.objectives[0]) == (base.optim, base.train, base.objectives[0])

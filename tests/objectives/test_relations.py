@@ -11,14 +11,17 @@ from smallvit.engine.experiment import build_experiment
 from smallvit.errors import ConfigError
 from smallvit.models.backbone import BackboneOutput
 from smallvit.objectives import OBJECTIVES, ObjectiveSetup, StepContext, build_objective, parse_objective_config
-from smallvit.objectives.grid import pair_labels, sample_pairs, token_labels
+from smallvit.objectives.grid import pair_labels, pair_targets, sample_pairs, token_labels
+from smallvit.objectives.position_labels import absolute_labels as abs_position_labels
 from smallvit.objectives.relations import (
     RELATION_NAMES,
     PairScores,
-    abs_position_labels,
+    _ChunkedRelationLoss,
     angle_targets,
     distance_targets,
+    pair_regression_loss,
     relation_labels,
+    relation_loss,
 )
 
 D = 18  # embed dim: 9 relation scores of width 2
@@ -158,9 +161,79 @@ def test_relation_loss_equals_a_double_loop(smoothing):
                 total += (1 - smoothing) * -log_probs[target] + smoothing * -log_probs.mean()
     out = run(objective, tokens, grid)
     assert torch.allclose(out.loss, total / (batch * 36), atol=1e-5)
-    assert 0 <= float(out.metrics["acc"]) <= 1
+    scores = objective.head(tokens)
+    assert out.metrics["acc1"] == (scores.argmax(1) == labels).float().mean()
     unsmoothed = run(make("relations", grid), tokens, grid).loss
     assert torch.allclose(run(objective, tokens, grid, training=False).loss, unsmoothed)  # smoothing: training only
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_relation_loss_function_equals_a_loop_over_pairs(smoothing):
+    # all pairs [B, 9, N, N] with shuffled patches, and sampled pairs [B, 9, P]
+    grid, batch = (2, 2), 2
+    labels = relation_labels(*grid)
+    order = torch.tensor([[3, 1, 0, 2], [0, 1, 2, 3]])
+    scores = torch.randn(batch, 9, 4, 4)
+    total = 0.0
+    for b in range(batch):
+        for x in range(4):
+            for y in range(4):
+                log_probs = scores[b, :, x, y].log_softmax(0)
+                target = labels[order[b, x], order[b, y]]
+                total += (1 - smoothing) * -log_probs[target] + smoothing * -log_probs.mean()
+    targets = pair_targets(labels, batch, order)
+    assert torch.allclose(relation_loss(scores, targets, smoothing), total / (batch * 16), atol=1e-6)
+    first, second = torch.tensor([[0, 3, 3], [1, 2, 0]]), torch.tensor([[1, 0, 3], [2, 2, 3]])
+    sampled = scores[torch.arange(batch)[:, None], :, first, second].transpose(1, 2)  # [B, 9, P]
+    total = sum(
+        -sampled[b, :, p].log_softmax(0)[labels[order[b, first[b, p]], order[b, second[b, p]]]]
+        for b in range(batch)
+        for p in range(3)
+    )
+    assert torch.allclose(relation_loss(sampled, pair_targets(labels, batch, order, (first, second))), total / 6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_chunked_relation_loss_has_the_values_and_gradients_of_relation_loss(smoothing, monkeypatch):
+    monkeypatch.setattr(_ChunkedRelationLoss, "ELEMENTS_PER_CHUNK", 2 * 9 * 36)  # 2 images a chunk: 2, 2, 1
+    torch.manual_seed(0)
+    head, tokens = PairScores(D, 9), torch.randn(5, 6, D, requires_grad=True)
+    order = torch.stack([torch.randperm(6) for _ in range(5)])
+    targets = pair_targets(relation_labels(2, 3), 5, order)
+    scores = head(tokens)
+    expected = relation_loss(scores, targets, smoothing)
+    expected_grads = torch.autograd.grad(expected, [tokens, *head.parameters()])
+    loss, accuracy = head.loss(tokens, targets, smoothing)
+    grads = torch.autograd.grad(loss, [tokens, *head.parameters()])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert accuracy == (scores.argmax(1) == targets).float().mean()
+    assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected_grads))
+    with torch.no_grad():
+        assert torch.allclose(head.loss(tokens, targets, smoothing)[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("targets", [distance_targets, angle_targets])
+def test_pair_regression_loss_function_equals_a_loop_over_pairs(targets):
+    grid, batch = (2, 3), 2
+    scores = torch.randn(batch, 1, 6, 6)
+    grid_targets = targets(*grid)
+    total = sum(
+        (scores[b, 0, x, y] - grid_targets[x, y]) ** 2 for b in range(batch) for x in range(6) for y in range(6)
+    )
+    loss = pair_regression_loss(scores, pair_targets(grid_targets, batch))
+    assert torch.allclose(loss, total / (batch * 36), atol=1e-6)
+
+
+def test_abs_position_is_apl_with_relvits_linear_head_and_initialisation():
+    # RelViT's abs_position is the apl objective with Linear(D, N) on all channels: same parameters, drawn the same
+    assert OBJECTIVES["abs_position"].Config(name="abs_position").head == "linear"
+    objective = make("abs_position", (2, 3))
+    torch.manual_seed(0)
+    reference = nn.Linear(D, 6)
+    assert list(objective.state_dict()) == ["head.weight", "head.bias"]
+    assert torch.equal(objective.head.weight, reference.weight) and torch.equal(objective.head.bias, reference.bias)
+    tokens = torch.randn(2, 6, D)
+    assert torch.equal(objective.head(tokens), reference(tokens))
 
 
 @pytest.mark.parametrize("name", ["relations", "abs_position", "distances", "angles"])
@@ -272,7 +345,7 @@ def test_recipes():
     assert finetune.model.pos_embed and finetune.model.cls_token and finetune.model.init_from == "previous"
     assert [o.name for o in finetune.objectives] == ["supervised"]
     joint = load_recipe("relvit-joint", ["objectives.1.weight=0.5", "epochs=3"]).stages[0]
-    assert [(o.name, o.weight) for o in joint.objectives] == [
+    assert [(o.name, w.weight) for o, w in zip(joint.objectives, joint.objective_weights)] == [
         ("supervised", 1.0),
         ("relations", 0.5),
         ("abs_position", 1.0),
@@ -293,5 +366,5 @@ def test_pretrain_recipe_builds_and_steps_with_patch_size_filled_in():
     exp = build_experiment(stage, torch.device("cpu"), load_init=False)
     batch = exp.augment(exp.train_images[:4], exp.train_labels[:4], torch.arange(4), torch.Generator().manual_seed(0))
     loss, metrics = exp.model(batch, [1.0, 1.0])
-    assert torch.isfinite(loss) and {"relations/acc", "abs_position/acc"} <= set(metrics)
+    assert torch.isfinite(loss) and {"relations/acc1", "abs_position/acc1"} <= set(metrics)
     assert not exp.model.backbone.has_pos_embed

@@ -26,7 +26,7 @@ from torch import Tensor
 from smallvit.data import formats, sample
 from smallvit.data.cache import cached
 from smallvit.data.download import download, extract, is_archive, verify_local
-from smallvit.data.formats import OnBadFile, RawSplit, decode_split
+from smallvit.data.formats import DecodeMethod, OnBadFile, RawSplit, decode_split
 from smallvit.errors import ConfigError, DataError
 
 MARKER = ".smallvit-prepared"
@@ -113,6 +113,7 @@ class DatasetInfo:
         image_size: int | None = None,
         in_chans: int = 3,
         on_bad_file: OnBadFile = "error",
+        decode: DecodeMethod = "full",
     ) -> ImageDataset:
         """See :func:`load_dataset`."""
         if self.kind != "folder" and split not in self.splits:  # a folder's reader checks its own splits
@@ -122,9 +123,9 @@ class DatasetInfo:
         folder, fingerprint = self._locate(root)
         size = image_size or self.image_size
 
-        def decode() -> dict:
+        def decode_files() -> dict:
             raw = self._read(folder, split)
-            decoded = decode_split(raw, size, in_chans, on_bad_file)
+            decoded = decode_split(raw, size, in_chans, on_bad_file, decode)
             return {
                 "images": decoded.images,
                 "labels": decoded.labels,
@@ -132,7 +133,9 @@ class DatasetInfo:
                 "skipped": decoded.skipped,
             }
 
-        data = cached(f"{self.name}-{split}-{size}px-{in_chans}ch-{on_bad_file}-{fingerprint[:16]}", decode)
+        method = "" if decode == "full" else f"-{decode}"  # "full" keeps the keys every existing cache was made under
+        key = f"{self.name}-{split}-{size}px-{in_chans}ch-{on_bad_file}{method}-{fingerprint[:16]}"
+        data = cached(key, decode_files)
         return ImageDataset(data["images"], data["labels"], data["classes"], self.name, split, data["skipped"])
 
     def _locate(self, root: str | Path | None) -> tuple[Path, str]:
@@ -473,6 +476,7 @@ def load_dataset(
     image_size: int | None = None,
     in_chans: int = 3,
     on_bad_file: OnBadFile = "error",
+    decode: DecodeMethod = "full",
 ) -> ImageDataset:
     """Load one split into memory as uint8 tensors; the first call decodes and caches it, later calls read the cache.
 
@@ -484,8 +488,10 @@ def load_dataset(
         for ``imagefolder``, the image folder itself.
     on_bad_file: an image file that cannot be decoded is a :class:`DataError` naming it ("error"), or is left out
         with its label and listed in the result's ``skipped`` ("skip"). The decoded cache keeps the two apart.
+    decode: how image files are decoded (see :func:`smallvit.data.formats.decode_file`): "full" (default) or "draft";
+        the decoded cache keeps them apart.
     """
-    return get_dataset_info(name).load(split, root, image_size, in_chans, on_bad_file)
+    return get_dataset_info(name).load(split, root, image_size, in_chans, on_bad_file, decode)
 
 
 def prepare_dataset(

@@ -3,8 +3,11 @@
 A reader takes the dataset's folder and a split name and returns a :class:`RawSplit`: the images either as one
 uint8 array (formats that store pixels) or as a list of encoded image files (JPEG, PNG, ...), plus labels and
 class names. :func:`decode_split` turns either into a uint8 tensor [N, C, S, S] (dropping undecodable files if asked
-to), :func:`decode_images` is its strict short form. Images of file-based formats are ordered by class, then file name;
-array formats keep their upstream order.
+to), :func:`decode_images` is its strict short form; both decode long lists of files in worker processes, with a
+progress bar. :func:`decode_file` is the one way a file becomes pixels (also for ``smallvit predict``), in one of two
+methods: "full" (every pixel, then :func:`fit`) or "draft" (camera photos: reduced-scale JPEG decoding, EXIF
+orientation). Images of file-based formats are ordered by class, then file name; array formats keep their upstream
+order.
 
 Files are untrusted input: CIFAR's pickles are read by a restricted unpickler that runs no code (see
 :func:`_unpickle`), and whatever goes wrong while decoding an image is a :class:`DataError` naming the file.
@@ -16,15 +19,26 @@ import gzip
 import io
 import logging
 import math
+import multiprocessing
+import multiprocessing.context
+import os
 import pickle
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.io import loadmat
 from torch import Tensor
 
@@ -362,6 +376,12 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 OnBadFile = Literal["error", "skip"]
+DecodeMethod = Literal["full", "draft"]
+"""How image files become pixels (see :func:`decode_split`); pixel arrays are unaffected."""
+
+_PROBE_FILES = 16  # decoded in this process first, timed, to decide whether a pool of workers pays
+_POOL_AFTER_S = 6.0  # start worker processes only when the rest would take longer than this serially
+_PROGRESS_AFTER_S = 2.0  # show a progress bar only when the rest would take longer than this
 
 
 @dataclass
@@ -373,7 +393,26 @@ class DecodedSplit:
     skipped: list[str]  # the undecodable files (paths, or "image <i>" for in-memory files), in split order
 
 
-def decode_split(raw: RawSplit, size: int, in_chans: int, on_bad_file: OnBadFile = "error") -> DecodedSplit:
+@dataclass
+class DecodedFiles:
+    """What :func:`decode_files` made of a list of files: the images that decode, uint8 [M, C, S, S], their positions
+    in the list, and for each position that does not decode why, on one line (e.g. "cannot identify image file")."""
+
+    images: Tensor
+    indices: list[int]
+    errors: dict[int, str]
+
+
+def decode_split(
+    raw: RawSplit,
+    size: int,
+    in_chans: int,
+    on_bad_file: OnBadFile = "error",
+    decode: DecodeMethod = "full",
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> DecodedSplit:
     """The split's images as uint8 [N, in_chans, size, size], each fitted to ``size`` by :func:`fit`, and its labels.
 
     Grayscale becomes 3 equal channels for ``in_chans=3``; colour becomes luma (PIL's "L") for ``in_chans=1``;
@@ -381,6 +420,14 @@ def decode_split(raw: RawSplit, size: int, in_chans: int, on_bad_file: OnBadFile
 
     on_bad_file: an image file that cannot be decoded is a :class:`DataError` naming it ("error"), or is dropped with
         its label and named in ``skipped`` ("skip"); a split none of whose files decode is an error either way.
+    decode: how files are decoded (arrays are unaffected), see :func:`decode_file`: "full" (default; the pixels every
+        registered dataset's results were measured on) or "draft" (camera photos: JPEGs decoded at reduced scale,
+        EXIF orientation applied; several times faster on large JPEGs, slightly different pixels). A cache of decoded
+        splits must key on it.
+    workers: worker processes for long decodes (default: the CPUs this process may use). The first files are decoded
+        in this process and timed; workers start only when the rest would take more than a few seconds. The pixels
+        do not depend on it.
+    progress: a progress bar (count, ETA) on stderr; None: when stderr is a terminal and the decode is long.
     """
     if on_bad_file not in ("error", "skip"):
         raise ConfigError(f"on_bad_file must be 'error' or 'skip', not {on_bad_file!r}")
@@ -392,39 +439,249 @@ def decode_split(raw: RawSplit, size: int, in_chans: int, on_bad_file: OnBadFile
             f"the split's labels run from {int(labels.min())} to {int(labels.max())} but it has {len(raw.classes)} "
             "classes: re-prepare the dataset"
         )
-    images, kept, skipped = _decode_all(raw.images, size, in_chans, on_bad_file)
+    images, kept, skipped = _decode_all(raw.images, size, in_chans, on_bad_file, decode, workers, progress)
     if skipped:
         log.warning("skipped %d undecodable image files of %d, the first %s", len(skipped), len(labels), skipped[0])
     return DecodedSplit(images, labels if not skipped else labels[kept], skipped)
 
 
-def decode_images(raw: RawSplit, size: int, in_chans: int) -> Tensor:
+def decode_images(raw: RawSplit, size: int, in_chans: int, decode: DecodeMethod = "full") -> Tensor:
     """The split's images as uint8 [N, in_chans, size, size] (its labels unused): like :func:`decode_split`, where
     any bad file is an error."""
-    return _decode_all(raw.images, size, in_chans, "error")[0]
+    return _decode_all(raw.images, size, in_chans, "error", decode, None, None)[0]
+
+
+def decode_file(file: Path | bytes, size: int, in_chans: int, decode: DecodeMethod = "full", index: int = 0) -> Tensor:
+    """One image file (a path or its bytes) as uint8 [in_chans, size, size], exactly as :func:`decode_split` decodes
+    it; anything that goes wrong is a :class:`DataError` naming the file (bytes: "image <index>").
+
+    decode: "full" decodes every pixel, then :func:`fit` resizes the shorter side to ``size`` and center-crops.
+        "draft" is meant for camera photos: a JPEG whose shorter side is at least twice ``size`` is decoded at 1/2,
+        1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``; the scale keeps both sides >= ``size``), the
+        EXIF orientation is applied (a portrait photo stands upright), then :func:`fit` as above. Other formats and
+        smaller JPEGs decode as "full" apart from the orientation.
+    """
+    _check_method(decode)
+    try:
+        return _decode_fitted(file, size, in_chans, decode)
+    except Exception as err:  # PIL raises many types for damaged or hostile files (OSError, SyntaxError,
+        # struct.error, DecompressionBombError, ...): all mean the file is not a usable image
+        raise DataError(_cannot_decode(file, index, _describe(err))) from err
+
+
+def decode_files(
+    files: list[Path] | list[bytes],
+    size: int,
+    in_chans: int,
+    decode: DecodeMethod = "full",
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    stop_at_error: bool = False,
+) -> DecodedFiles:
+    """Decode ``files`` with :func:`decode_file`, in worker processes when that pays (see :func:`decode_split`);
+    a file that does not decode gets its reason in ``errors``. ``stop_at_error``: stop at the first such file (in
+    list order), leaving the files after it undecoded."""
+    _check_method(decode)
+    out = torch.empty((len(files), in_chans, size, size), dtype=torch.uint8)
+    done: list[int] = []
+    errors: dict[int, str] = {}
+
+    def take(index: int, result: np.ndarray | str) -> None:
+        if isinstance(result, str):
+            errors[index] = result
+        else:
+            out[index] = torch.from_numpy(result)
+            done.append(index)
+
+    started = time.perf_counter()
+    jobs = list(enumerate(files))
+    probe, rest = jobs[:_PROBE_FILES], jobs[_PROBE_FILES:]
+    with _torch_threads(1):  # one image at a time: several threads only wait for each other (10x on a busy CPU)
+        for index, result in _decode_chunk(probe, size, in_chans, decode, stop_at_error):
+            take(index, result)
+        per_file = (time.perf_counter() - started) / max(len(probe), 1)
+        workers = _usable_cpus() if workers is None else max(int(workers), 1)
+        use_pool = workers > 1 and per_file * len(rest) > _POOL_AFTER_S
+        show = _PROGRESS_AFTER_S < per_file * len(rest) / (workers if use_pool else 1)
+        show = progress if progress is not None else show and _stderr_is_terminal()
+        with _DecodeProgress(len(files), len(probe), show) as bar:
+            if rest and not (stop_at_error and errors):
+                work = partial(_decode_chunk, size=size, in_chans=in_chans, decode=decode, stop_at_error=stop_at_error)
+                _decode_rest(rest, work, workers if use_pool else 1, per_file, take, bar.advance, stop_at_error)
+    log.info("decoded %d image files in %.1f s (%s)", len(files), time.perf_counter() - started, decode)
+    done.sort()
+    images = out if len(done) == len(files) else out[done]
+    return DecodedFiles(images, done, errors)
 
 
 def _decode_all(
-    files: np.ndarray | list[Path] | list[bytes], size: int, in_chans: int, on_bad_file: OnBadFile
+    files: np.ndarray | list[Path] | list[bytes],
+    size: int,
+    in_chans: int,
+    on_bad_file: OnBadFile,
+    decode: DecodeMethod,
+    workers: int | None,
+    progress: bool | None,
 ) -> tuple[Tensor, list[int], list[str]]:
     """The images that decode, the indices they have in ``files``, and the names of the files skipped."""
     if len(files) == 0:
         raise DataError("the split holds no images: re-prepare the dataset")
     if isinstance(files, np.ndarray):
         return _fit_array(files, size, in_chans), list(range(len(files))), []
-    mode = "RGB" if in_chans == 3 else "L"
-    images, kept, skipped = [], [], []
-    for i, file in enumerate(files):
-        try:
-            images.append(fit(_decode(file, i, mode)[None], size)[0])
-            kept.append(i)
-        except DataError:
-            if on_bad_file == "error":
-                raise
-            skipped.append(str(_name(file, i)))
-    if not images:
+    decoded = decode_files(
+        files, size, in_chans, decode, workers=workers, progress=progress, stop_at_error=on_bad_file == "error"
+    )
+    if decoded.errors and on_bad_file == "error":
+        first = min(decoded.errors)
+        raise DataError(_cannot_decode(files[first], first, decoded.errors[first]))
+    skipped = [str(_name(files[i], i)) for i in sorted(decoded.errors)]
+    if not decoded.indices:
         raise DataError(f"none of the split's {len(files)} image files decode (one: {skipped[0]}): re-prepare it")
-    return torch.stack(images), kept, skipped
+    return decoded.images, decoded.indices, skipped
+
+
+def _decode_chunk(
+    chunk: list[tuple[int, Path | bytes]], size: int, in_chans: int, decode: DecodeMethod, stop_at_error: bool
+) -> list[tuple[int, np.ndarray | str]]:
+    """Decode ``(index, file)`` pairs: each gives its pixels (uint8 [C, S, S]) or why it does not decode. Runs in
+    worker processes too, so it returns numpy arrays and strings, which travel back cheaply."""
+    results: list[tuple[int, np.ndarray | str]] = []
+    for index, file in chunk:
+        try:
+            results.append((index, _decode_fitted(file, size, in_chans, decode).numpy()))
+        except Exception as err:  # any failure means the file is not a usable image (see decode_file)
+            results.append((index, _describe(err)))
+            if stop_at_error:
+                break
+    return results
+
+
+def _decode_rest(
+    jobs: list[tuple[int, Path | bytes]],
+    work: Callable[[list[tuple[int, Path | bytes]]], list[tuple[int, np.ndarray | str]]],
+    workers: int,
+    per_file: float,
+    take: Callable[[int, np.ndarray | str], None],
+    advance: Callable[[int], None],
+    stop_at_error: bool,
+) -> None:
+    """Run ``work`` (:func:`_decode_chunk`) on chunks of ``jobs`` of about half a second each, here (``workers`` 1)
+    or in a pool of worker processes. Results are taken in list order, so with ``stop_at_error`` the first bad file
+    in the list stops the decode."""
+    per_chunk = max(1, min(round(0.5 / max(per_file, 1e-6)), math.ceil(len(jobs) / (4 * workers))))
+    chunks = [jobs[start : start + per_chunk] for start in range(0, len(jobs), per_chunk)]
+
+    def consume(results: Iterable[list[tuple[int, np.ndarray | str]]]) -> bool:
+        for chunk in results:
+            for index, result in chunk:
+                take(index, result)
+            advance(len(chunk))
+            if stop_at_error and any(isinstance(result, str) for _, result in chunk):
+                return False
+        return True
+
+    if workers == 1:
+        consume(map(work, chunks))
+        return
+    with warnings.catch_warnings():  # Python >= 3.12 warns about fork() beside threads; see _pool_context
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as pool:
+            try:
+                if not consume(pool.map(work, chunks)):
+                    pool.shutdown(wait=True, cancel_futures=True)
+            except BrokenProcessPool:
+                raise DataError(
+                    "a worker process decoding the images stopped unexpectedly (out of memory?): free memory and "
+                    "try again"
+                ) from None
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Fork on Linux (workers start in milliseconds, as PyTorch's DataLoader workers do; they only run Pillow and
+    single-threaded torch, see :func:`_init_worker`), the platform's default (spawn) elsewhere."""
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+def _init_worker() -> None:
+    """One torch thread per worker: the workers are the parallelism, and OpenMP must not be entered after a fork."""
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block (the pixels do not depend on it), then restored."""
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+class _DecodeProgress:
+    """A rich progress bar on stderr (count, elapsed, ETA) for the decode in progress, or nothing.
+
+    It refreshes only when a chunk of images is done (no refresh thread), so that no lock is held by another thread
+    when worker processes are forked.
+    """
+
+    def __init__(self, total: int, completed: int, show: bool):
+        self.bar = None
+        if show:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("decoding images"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                auto_refresh=False,
+                transient=True,
+            )
+            self.task = self.bar.add_task("decode", total=total, completed=completed)
+
+    def __enter__(self) -> _DecodeProgress:
+        if self.bar is not None:
+            self.bar.start()
+            self.bar.refresh()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, count)
+            self.bar.refresh()
 
 
 def _fit_array(images: np.ndarray, size: int, in_chans: int) -> Tensor:
@@ -441,18 +698,34 @@ def _name(file: Path | bytes, index: int) -> Path | str:
     return file if isinstance(file, Path) else f"image {index}"
 
 
-def _decode(file: Path | bytes, index: int, mode: str) -> Tensor:
-    """One image file as uint8 [C, H, W] in PIL ``mode`` ("RGB" or "L"); any failure is a DataError naming it."""
-    try:
-        with Image.open(file if isinstance(file, Path) else io.BytesIO(file)) as image:
-            pixels = np.array(_to_8bit(image).convert(mode))
-        if pixels.size == 0:
-            raise ValueError("the image has no pixels")
-    except Exception as err:  # PIL raises many types for damaged or hostile files (OSError, SyntaxError,
-        # struct.error, DecompressionBombError, ...): all mean the file is not a usable image
-        raise DataError(
-            f"cannot decode {_name(file, index)} ({_describe(err)}): remove the file or re-prepare the dataset"
-        ) from err
+def _check_method(decode: str) -> None:
+    if decode not in ("full", "draft"):
+        raise ConfigError(f"decode must be 'full' or 'draft', not {decode!r}")
+
+
+def _cannot_decode(file: Path | bytes, index: int, reason: str) -> str:
+    return f"cannot decode {_name(file, index)} ({reason}): remove the file or re-prepare the dataset"
+
+
+def _decode_fitted(file: Path | bytes, size: int, in_chans: int, decode: DecodeMethod) -> Tensor:
+    """:func:`decode_file` without the error translation: PIL's and numpy's own exceptions propagate."""
+    pixels = _decode_pixels(file, "RGB" if in_chans == 3 else "L", size if decode == "draft" else None)
+    return fit(pixels[None], size)[0]
+
+
+def _decode_pixels(file: Path | bytes, mode: str, draft_size: int | None = None) -> Tensor:
+    """One image file as uint8 [C, H, W] in PIL ``mode`` ("RGB" or "L").
+
+    ``draft_size``: decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= it, and apply
+    the EXIF orientation (the "draft" method of :func:`decode_file`).
+    """
+    with Image.open(file if isinstance(file, Path) else io.BytesIO(file)) as image:
+        if draft_size is not None:
+            image.draft(None, (draft_size, draft_size))  # no-op for formats other than JPEG
+            image = ImageOps.exif_transpose(image)
+        pixels = np.array(_to_8bit(image).convert(mode))
+    if pixels.size == 0:
+        raise ValueError("the image has no pixels")
     return torch.from_numpy(np.atleast_3d(pixels)).permute(2, 0, 1)
 
 

@@ -35,9 +35,22 @@ class TrainModel(nn.Module):
         self.objectives = nn.ModuleList(objectives)
         names = [o.config.name for o in objectives]
         self.keys = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+        self._register_load_state_dict_pre_hook(self._move_mae_position_heads)
+
+    def _move_mae_position_heads(self, state_dict: dict, prefix: str, *args) -> None:
+        """Checkpoints written while MAE held its position labels kept their heads in it
+        (``objectives.i.position_heads.apl.``); the config reads them as the apl/rpl objectives listed after it with
+        ``masked_by: mae`` (:func:`smallvit.config._expand_mae_position_labels`), whose heads they are."""
+        for i, objective in enumerate(self.objectives):
+            for j, other in enumerate(self.objectives):
+                if j > i and getattr(other.config, "masked_by", None) == objective.name:
+                    old, new = f"{prefix}objectives.{i}.position_heads.{other.name}.", f"{prefix}objectives.{j}.head."
+                    for key in [k for k in state_dict if k.startswith(old)]:
+                        state_dict[new + key[len(old) :]] = state_dict.pop(key)
 
     def forward(self, batch, weights: list[float], training: bool = True, epoch: int = 0):
-        """Weighted sum of the objectives' losses, and every objective's metrics under ``<objective>/``."""
+        """Weighted sum of the objectives' losses (``weights``: the run's, at this step), and every objective's
+        metrics under ``<objective>/``."""
         ctx = StepContext(batch, self.backbone, training=training, epoch=epoch)
         total, metrics = None, {}
         for key, objective, weight in zip(self.keys, self.objectives, weights):
@@ -196,16 +209,20 @@ def _check_best_metric(config: RunConfig, has_val: bool) -> None:
         )
     keys = {o.name for o in config.objectives}
     parts = metric.split("/")
+    ema = parts[1:2] == ["ema"]  # val/ema/...: the EMA weights' evaluation, which has no kNN
+    rest = parts[2:] if ema else parts[1:]
     known = parts[:1] == ["val"] and (
-        parts[1:] == ["loss"] or (len(parts) == 3 and (parts[1] in keys or parts[1] == "knn"))
+        rest == ["loss"] or (len(rest) == 2 and (rest[0] in keys or (rest[0] == "knn" and not ema)))
     )
-    if not known and not parts[1:2] == ["ema"]:
+    if not known:
         raise ConfigError(
             f"train.best_metric={metric!r} names no metric this run produces: use val/loss, "
-            f"val/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}), val/knn/acc1 "
-            "or null (keep the final weights)"
+            f"val/<objective>/<metric> with an objective of the recipe ({', '.join(sorted(keys))}), val/knn/acc1, "
+            "the same under val/ema/ with train.ema_decay, or null (keep the final weights)"
         )
-    if parts[1:2] == ["knn"] and not config.train.knn_every:
+    if ema and not config.train.ema_decay:
+        raise ConfigError(f"train.best_metric={metric!r} needs an EMA of the weights: set train.ema_decay (e.g. 0.999)")
+    if rest[:1] == ["knn"] and not config.train.knn_every:
         raise ConfigError(f"train.best_metric={metric!r} needs online kNN: set train.knn_every (e.g. 5)")
 
 
@@ -237,6 +254,7 @@ def load_splits(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, I
             image_size=image_size,
             in_chans=data.in_chans,
             on_bad_file=data.on_bad_file,
+            decode=data.decode,
         )
 
     train_set = load(data.train_split)
@@ -298,7 +316,7 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
     report = None
     if load_init and config.model.init_from:
         report = load_backbone_weights(backbone, load_backbone_state(config.model.init_from))
-    mean, std = info.mean, info.std
+    mean, std = info.mean[: data.in_chans], info.std[: data.in_chans]  # a 1-channel run normalises one channel
     views = {name: _with_patch_size(spec, patch_size) for name, spec in config.augment.items()}
     augment = build_augmentation(views, mean, std)
     _check_view_sizes(augment, train_set.images[:2], img_size)

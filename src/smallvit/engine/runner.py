@@ -36,7 +36,9 @@ def new_run_dir(runs_dir: Path, recipe_name: str, name: str | None) -> Path:
             except FileExistsError:
                 continue
     except (FileExistsError, NotADirectoryError):
-        raise SmallViTError(f"--runs-dir {runs_dir} is a file, not a folder: give a folder") from None
+        in_the_way = next((p for p in (runs_dir, *runs_dir.parents) if p.exists() and not p.is_dir()), runs_dir)
+        where = "is a file" if in_the_way == runs_dir else f"is inside a file, {in_the_way}"
+        raise SmallViTError(f"--runs-dir {runs_dir} {where}, not a folder: give a folder") from None
     except OSError as err:
         raise SmallViTError(
             f"cannot create a run folder in {runs_dir} ({err.strerror}): give a writable --runs-dir"

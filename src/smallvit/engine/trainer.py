@@ -41,6 +41,7 @@ from smallvit.engine.checkpoint import (
 )
 from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, write_json
 from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
+from smallvit.engine.pictures import draw_run_pictures
 from smallvit.engine.schedules import warmup_cosine
 from smallvit.errors import ConfigError, SmallViTError
 from smallvit.metrics import extract_features, knn_accuracy, train_linear_probe
@@ -130,7 +131,8 @@ def autocast(device: torch.device, precision: str):
 
 
 def objective_weights(config: RunConfig, epoch: float) -> list[float]:
-    return [o.weight * o.weight_schedule.factor(epoch, config.train.epochs) for o in config.objectives]
+    """Each objective's weight at ``epoch``: its run-level weight times its weight schedule's factor."""
+    return [w.weight * w.weight_schedule.factor(epoch, config.train.epochs) for w in config.objective_weights]
 
 
 def device_name(device: torch.device) -> str:
@@ -167,13 +169,14 @@ def _evaluate(exp: Experiment, model: torch.nn.Module, data: EvalSet, prefix: st
     count = 0
     batch_size = config.train.batch_size
     weights = objective_weights(config, config.train.epochs)
+    precision = resolve_precision(config.train.precision, exp.device)
     for start in range(0, len(data.labels), batch_size):
         images = data.images[start : start + batch_size]
         labels = data.labels[start : start + batch_size]
         indices = torch.arange(start, start + len(labels), device=exp.device)
         main = exp.eval_augment(images, labels, indices, None, 0).main
         batch = Batch({name: main for name in config.augment})
-        with autocast(exp.device, config.train.precision):
+        with autocast(exp.device, precision):
             loss, metrics = model(batch, weights, training=False)
         if loss is not None:
             metrics["loss"] = loss
@@ -243,6 +246,10 @@ def optimizer_step(
             value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
             totals[key] = totals.get(key, 0.0) + value * share
     finite = bool(torch.isfinite(totals["loss"]))
+    if dist.is_initialized() and dist.get_world_size() > 1:  # distributed: every rank skips (or stops) together
+        flag = torch.tensor([float(finite)], device=totals["loss"].device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag.item())
     if finite:
         if config.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(exp.model.parameters(), config.optim.clip_grad)
@@ -296,11 +303,58 @@ class Interrupted(SmallViTError):
     """The run was stopped by a signal after writing a checkpoint it can resume from."""
 
 
-def _nonfinite_message(metrics: dict, step: int, checkpoint: Path) -> str:
-    bad = [k.removesuffix("/loss") for k, v in metrics.items() if k.endswith("/loss") and not torch.isfinite(v)]
+def _signal_name(stop: StopRequest) -> str:
+    return f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
+
+
+def _any_rank(ddp: Distributed, flag: bool, device: torch.device) -> bool:  # distributed
+    """Whether ``flag`` holds on any rank, so that all stop at the same step; every rank must call it."""
+    if ddp.world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def rank_streams(ddp: Distributed, gen: torch.Generator | None) -> dict[str, Tensor]:
+    """Every rank's random streams — its global RNGs (drop path), and with ``gen`` its augmentation generator — for
+    the checkpoint that rank 0 writes: rank 0's as ``rng.*`` and ``gen.rank0``, rank r's as ``rng.rank<r>.*`` and
+    ``gen.rank<r>``, so that a resumed run continues each rank's stream. Every rank must call it."""
+    own = {**rng_tensors(), **({"gen": gen.get_state()} if gen is not None else {})}
+    states = [own]
+    if ddp.world_size > 1:  # distributed
+        states = [None] * ddp.world_size
+        dist.all_gather_object(states, {key: value.cpu() for key, value in own.items()})
+    streams = {}
+    for rank, state in enumerate(states):
+        for key, value in state.items():
+            if key == "gen":
+                key = f"gen.rank{rank}"
+            elif rank:
+                key = key.replace("rng.", f"rng.rank{rank}.", 1)
+            streams[key] = value
+    return streams
+
+
+def _own_streams(tensors: dict[str, Tensor], rank: int) -> dict[str, Tensor]:
+    """Rank ``rank``'s global RNG states in a checkpoint, keyed as :func:`restore_rng` reads them (rank 0's when the
+    checkpoint has none for it: written by fewer processes, or before they were kept per rank)."""
+    prefix = f"rng.rank{rank}."
+    own = {"rng." + key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+    return own or tensors
+
+
+def _nonfinite_message(metrics: dict, step: int, checkpoint: Path, weights: dict[str, float]) -> str:
+    """Names the objectives whose loss, or loss times weight (``weights``: objective key → weight), is not finite."""
+    losses = {key: metrics[f"{key}/loss"] for key in weights if f"{key}/loss" in metrics}
+    bad = [key for key, loss in losses.items() if not torch.isfinite(weights[key] * torch.as_tensor(loss)).all()]
+    if bad or not torch.isfinite(torch.as_tensor(metrics["loss"])).all():
+        where = f"objective: {', '.join(bad) or 'total'}"
+    else:
+        where = "on another rank"  # distributed: the ranks stop together
     last = f"the last good checkpoint is {checkpoint}" if checkpoint.is_file() else "no checkpoint was written yet"
     return (
-        f"the loss is not finite at step {step} (objective: {', '.join(bad) or 'total'}); {last}: lower optim.lr or "
+        f"the loss is not finite at step {step} ({where}); {last}: lower optim.lr or "
         "the objective weights, or set train.skip_nonfinite to skip a few bad steps"
     )
 
@@ -334,6 +388,8 @@ def train(
     precision = resolve_precision(tc.precision, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if ddp.is_main:
+        if not resume:  # a run restarted from scratch (killed before its first checkpoint) keeps no stale records
+            _truncate_metrics(run_dir, 0)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if exp.subset_indices is not None:
             write_json(run_dir / "subset_indices.json", {"train": exp.subset_indices.tolist()})
@@ -376,7 +432,7 @@ def train(
             ema.module.load_state_dict(load_checkpoint(path, prefix="ema.")[0])
         tensors = load_checkpoint(path)[0]
         optimizer_from_flat(optimizer, tensors, state["optimizer"])
-        restore_rng(tensors)
+        restore_rng(_own_streams(tensors, ddp.rank))
         gen_state = tensors.get(f"gen.rank{ddp.rank}")
         progress_state.update({k: state[k] for k in progress_state if k in state})
         if ddp.is_main:
@@ -389,8 +445,11 @@ def train(
     started = time.perf_counter()
     eval_metrics: dict[str, float] = {}
 
-    def checkpoint_state(epoch: int, batch: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
-        """(weights only, everything a resume needs, JSON state) at ``batch`` of ``epoch`` (0: its start)."""
+    def checkpoint_state(
+        epoch: int, batch: int, streams: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+        """(weights only, everything a resume needs, JSON state) at ``batch`` of ``epoch`` (0: its start);
+        ``streams``: every rank's random streams (:func:`rank_streams`)."""
         weights_only = prefixed("model.", model.state_dict())
         if ema is not None:
             weights_only.update(prefixed("ema.", ema.module.state_dict()))
@@ -406,8 +465,7 @@ def train(
             "metrics": eval_metrics,
             "optimizer": optim_meta,
         }
-        extra = {f"gen.rank{ddp.rank}": gen.get_state()} if batch else {}
-        return weights_only, {**weights_only, **optim_tensors, **rng_tensors(), **extra}, state
+        return weights_only, {**weights_only, **optim_tensors, **streams}, state
 
     # ---- loop
     with StopRequest() as stop, make_progress(console, quiet or not ddp.is_main) as progress:
@@ -439,7 +497,8 @@ def train(
                 if not finite:
                     skipped += 1
                     if skipped > tc.skip_nonfinite:
-                        raise NonFiniteLoss(_nonfinite_message(metrics, step, checkpoints / "last.safetensors"))
+                        named = dict(zip(model.keys, weights))
+                        raise NonFiniteLoss(_nonfinite_message(metrics, step, checkpoints / "last.safetensors", named))
                     if ddp.is_main:
                         progress.console.print(f"step {step}: non-finite loss, skipped ({skipped}/{tc.skip_nonfinite})")
                 else:
@@ -459,12 +518,13 @@ def train(
                     if quiet and i == steps_per_epoch - 1 and ddp.is_main:
                         console.print(f"epoch {epoch + 1}/{tc.epochs}: {stats}  {rate:.0f} img/s  lr {lr:.2e}")
                 progress.advance(task)
-                if stop.signal is not None and i < steps_per_epoch - 1:
+                if _any_rank(ddp, stop.signal is not None, device) and i < steps_per_epoch - 1:
+                    streams = rank_streams(ddp, gen)
                     if ddp.is_main:
-                        _, tensors, state = checkpoint_state(epoch, i + 1)
+                        _, tensors, state = checkpoint_state(epoch, i + 1, streams)
                         _save(checkpoints / "last.safetensors", model, tensors, state)
                     raise Interrupted(
-                        f"stopped by signal {stop.signal} at step {step} (epoch {epoch + 1}), checkpoint written"
+                        f"stopped by {_signal_name(stop)} at step {step} (epoch {epoch + 1}), checkpoint written"
                     )
 
             # ---- evaluation (validation only; the test split is evaluated once, after the last epoch)
@@ -481,17 +541,18 @@ def train(
                 progress.console.print(f"epoch {epoch + 1}: {headline(eval_metrics, 'val/')}")
 
             # ---- checkpoint
+            streams = rank_streams(ddp, None)
             if ddp.is_main:
                 value = eval_metrics.get(tc.best_metric) if tc.best_metric else None
                 improved = value is not None and do_eval and _better(value, best, tc.best_direction)
                 if improved:
                     best = value
-                weights_only, tensors, state = checkpoint_state(epoch + 1, 0)
+                weights_only, tensors, state = checkpoint_state(epoch + 1, 0, streams)
                 _save(checkpoints / "last.safetensors", model, tensors, state)
                 if improved:
                     _save(checkpoints / "best.safetensors", model, weights_only, state)
-            if stop.signal is not None and not last_epoch:
-                raise Interrupted(f"stopped by signal {stop.signal} after epoch {epoch + 1}, checkpoint written")
+            if _any_rank(ddp, stop.signal is not None, device) and not last_epoch:
+                raise Interrupted(f"stopped by {_signal_name(stop)} after epoch {epoch + 1}, checkpoint written")
 
     # ---- summary: the last weights on validation and test; the best (validation-chosen) checkpoint on test
     log.close()
@@ -502,12 +563,13 @@ def train(
         eval_metrics = evaluate(exp, model)
     final = dict(eval_metrics)
     best_test, best_state = {}, {}
+    if (checkpoints / "best.safetensors").exists():
+        best_tensors, best_state = load_checkpoint(checkpoints / "best.safetensors", prefix="model.")
     if exp.test is not None:
         final.update(evaluate(exp, model, "test"))
         if ema is not None:
             final.update(evaluate(exp, ema.module, "test", prefix="test/ema"))
-        if (checkpoints / "best.safetensors").exists():
-            best_tensors, best_state = load_checkpoint(checkpoints / "best.safetensors", prefix="model.")
+        if best_state:
             last_weights = {k: v.clone() for k, v in model.state_dict().items()}
             model.load_state_dict(best_tensors)
             best_test = evaluate(exp, model, "test")
@@ -523,7 +585,7 @@ def train(
         "images_per_s": round(_steady_throughput(throughput), 1) if throughput else None,
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
         "device": device_name(device),
-        "precision": resolve_precision(tc.precision, device),
+        "precision": precision,
         "provenance": provenance(exp),
         "versions": {
             "smallvit": smallvit.__version__,
@@ -535,6 +597,7 @@ def train(
         summary["resumed"] = True
     write_json(run_dir / "summary.json", summary)
     plot_curves(run_dir)
+    draw_run_pictures(exp, model, run_dir)  # confusion matrix, worst images, position, attention
     return summary
 
 

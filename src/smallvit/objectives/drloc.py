@@ -12,7 +12,7 @@ replacement, so i = j can occur), head and loss. Differs on purpose: offsets are
 are allowed, and pairs follow ``View.patch_order``.
 
 Example:
-    >>> objective = DRLoc(DRLoc.Config(name="drloc", weight=0.5), setup)
+    >>> objective = DRLoc(DRLoc.Config(name="drloc"), setup)
     >>> out = objective(StepContext(batch, backbone))
     >>> out.loss.backward()
 """
@@ -25,14 +25,14 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from smallvit.objectives.base import (
-    Objective,
-    ObjectiveConfig,
+    GridObjective,
+    GridObjectiveConfig,
     ObjectiveOutput,
     ObjectiveSetup,
     StepContext,
     register_objective,
 )
-from smallvit.objectives.grid import pair_offsets, sample_pairs, sampled_pair_labels, take_tokens
+from smallvit.objectives.grid import pair_offsets, pair_targets, sample_pairs, take_tokens
 
 
 def normalized_offsets(h: int, w: int) -> Tensor:
@@ -57,40 +57,40 @@ class DRLocHead(nn.Module):
         return self.mlp(torch.cat([first_tokens, second_tokens], dim=-1))
 
 
-def drloc_loss(
-    head: DRLocHead, tokens: Tensor, grid: tuple[int, int], patch_order: Tensor | None, num_pairs: int = 32
-) -> Tensor:
-    """L1 between ``head``'s offsets and the true normalised offsets of ``num_pairs`` random pairs per image.
+def drloc_loss(predicted: Tensor, targets: Tensor) -> Tensor:
+    """L1 between predicted offsets [B, P, 2] of token pairs and their true normalised offsets [B, P, 2].
 
-    ``tokens`` [B, N, D] on the ``grid``; ``patch_order`` [B, N] when patches were moved, else ``None``.
+    Usage::
+
+        head = DRLocHead(embed_dim=192)
+        pairs = sample_pairs(len(tokens), tokens.shape[1], 32)                          # m = 32 per image
+        predicted = head(take_tokens(tokens, pairs[0]), take_tokens(tokens, pairs[1]))
+        loss = drloc_loss(predicted, pair_targets(normalized_offsets(8, 8), len(tokens), patch_order, pairs))
+        loss.backward()
     """
-    first, second = sample_pairs(len(tokens), tokens.shape[1], num_pairs, device=tokens.device)
-    predicted = head(take_tokens(tokens, first), take_tokens(tokens, second)).float()
-    target = sampled_pair_labels(normalized_offsets(*grid).to(tokens.device), patch_order, first, second)
-    return F.l1_loss(predicted, target)
+    return F.l1_loss(predicted, targets)
 
 
-class DRLocConfig(ObjectiveConfig):
+class DRLocConfig(GridObjectiveConfig):
     num_pairs: int = Field(32, gt=0, description="random token pairs per image (m)")
     hidden_dim: int = Field(512, gt=0)
 
 
 @register_objective
-class DRLoc(Objective):
+class DRLoc(GridObjective):
     """L1 regression of the normalised grid offset of random final-token pairs."""
 
     name = "drloc"
-    requires_patch_tokens = True
     Config = DRLocConfig
+    grid_labels = staticmethod(normalized_offsets)
 
     def __init__(self, config: DRLocConfig, setup: ObjectiveSetup):
         super().__init__(config, setup)
         self.head = DRLocHead(setup.embed_dim, config.hidden_dim)
 
-    def forward(self, ctx: StepContext) -> ObjectiveOutput:
-        losses = []
-        for view_name in self.config.views:
-            encoded = ctx.encode(view_name)
-            patch_order = ctx.view(view_name).patch_order
-            losses.append(drloc_loss(self.head, encoded.patch_tokens, encoded.grid, patch_order, self.config.num_pairs))
-        return ObjectiveOutput(torch.stack(losses).mean())
+    def view_loss(self, ctx: StepContext, view: str) -> ObjectiveOutput:
+        tokens = self.tokens(ctx, view)
+        batch, num_tokens = tokens.tokens.shape[:2]
+        pairs = sample_pairs(batch, num_tokens, self.config.num_pairs, device=tokens.tokens.device)
+        predicted = self.head(take_tokens(tokens.tokens, pairs[0]), take_tokens(tokens.tokens, pairs[1])).float()
+        return ObjectiveOutput(drloc_loss(predicted, pair_targets(self.labels, batch, tokens.positions, pairs)))

@@ -5,8 +5,11 @@ https://arxiv.org/abs/2201.10728). A linear layer with one output per training i
 (CLS token, or mean patch token); the target of a crop is the index of the image it was cut from. The paper's
 pre-training adds label smoothing, low-resolution crops, multi-crop (2 large + 4 small crops per image) and
 CutMix; here the crops and CutMix are the recipe's augmentation views (see ``recipes/idmm-pretrain.yaml``), so
-this objective only reads ``view.indices`` and ``view.mix``, and the loss is the sum over its views of each
-view's mean cross-entropy: CE(large crops) + CE(small crops), as the paper.
+this objective only reads ``view.indices`` and ``view.mix``. Its loss is the mean over its views of each view's
+mean cross-entropy, as every objective's (:func:`~smallvit.objectives.base.mean_over_views`); the paper sums the
+crop groups, CE(large crops) + CE(small crops), which the multi-crop recipes get with the run-level
+``weight: 2.0`` (before the objectives shared one reduction this objective summed its views, so that weight keeps
+their loss, gradients and training unchanged).
 
 Matches the released code (``main_deit_instance_discrimination.py`` of the authors' repository
 "Training-Vision-Transformers-with-only-2040-images"): a bias-carrying linear head on the CLS feature,
@@ -21,17 +24,17 @@ Example:
     >>> view = View(images, labels=None, indices=torch.arange(len(images)))
     >>> out = objective(StepContext(Batch({"main": view}), backbone))
     >>> out.loss.backward()
-    >>> out.metrics["main/acc1"]
+    >>> out.metrics["acc1"]
 """
 
 from __future__ import annotations
 
 import warnings
 
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from smallvit.data.batch import Mix
 from smallvit.data.mixing import mixed_cross_entropy
 from smallvit.objectives.base import (
     Objective,
@@ -74,6 +77,22 @@ def large_instance_count_warning(num_instances: int) -> str | None:
     )
 
 
+def instance_discrimination_loss(
+    logits: Tensor, indices: Tensor, mix: Mix | None = None, label_smoothing: float = 0.1
+) -> Tensor:
+    """Cross-entropy of instance logits [B, num_instances] against each crop's training-set index [B].
+
+    ``mix``: a CutMix/mixup pairing of the crops, giving ``lam * CE(i) + (1 - lam) * CE(i[partner])``. Usage::
+
+        head = nn.Linear(192, len(train_set))                        # one class per training image
+        view = augment(images, None, indices, generator).main           # indices: positions in the training set
+        logits = head(backbone(view.images).pooled)
+        loss = instance_discrimination_loss(logits, view.indices, view.mix, label_smoothing=0.1)
+        loss.backward()
+    """
+    return mixed_cross_entropy(logits, instance_targets(indices, logits.shape[-1]), mix, label_smoothing)
+
+
 class InstanceDiscriminationConfig(ObjectiveConfig):
     """``label_smoothing``: 0.1 as the paper; 0 gives the released code's plain cross-entropy."""
 
@@ -85,7 +104,7 @@ class InstanceDiscrimination(Objective):
     """Cross-entropy over training-image indices through a linear head (one class per image) on the pooled feature.
 
     Args:
-        config: ``views`` lists the crop groups (e.g. ``[large, small]``), each contributing its mean loss.
+        config: ``views`` lists the crop groups (e.g. ``[large, small]``); the loss is the mean of their mean losses.
         setup: ``num_train`` sets the number of classes.
     """
 
@@ -103,17 +122,10 @@ class InstanceDiscrimination(Objective):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, ctx: StepContext) -> ObjectiveOutput:
+    def view_loss(self, ctx: StepContext, view: str) -> ObjectiveOutput:
         if not ctx.training:
             return ObjectiveOutput(None)
-        losses, metrics = [], {}
-        for view_name in self.config.views:
-            view = ctx.view(view_name)
-            targets = instance_targets(view.indices, self.setup.num_train)
-            logits = self.head(ctx.encode(view_name).pooled).float()
-            loss = mixed_cross_entropy(logits, targets, view.mix, self.config.label_smoothing)
-            losses.append(loss)
-            metrics[f"{view_name}/loss"] = loss.detach()
-            if view.mix is None:
-                metrics[f"{view_name}/acc1"] = topk_accuracy(logits.detach(), targets, 1)
-        return ObjectiveOutput(torch.stack(losses).sum(), metrics)
+        indices, mix = ctx.view(view).indices, ctx.view(view).mix
+        logits = self.head(ctx.encode(view).pooled).float()
+        loss = instance_discrimination_loss(logits, indices, mix, self.config.label_smoothing)
+        return ObjectiveOutput(loss, {} if mix is not None else {"acc1": topk_accuracy(logits.detach(), indices, 1)})

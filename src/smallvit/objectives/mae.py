@@ -1,14 +1,15 @@
-"""Masked autoencoding, optionally with position labels on the visible tokens.
+"""Masked autoencoding: reconstruct the masked patches from an encoding of the visible ones.
 
 He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022: mask a random ``mask_ratio`` of the
 patches of every image, encode only the visible ones, and let a light decoder (timm ``Block``\\ s, its own
 mask token and position embedding) reconstruct the pixels of the masked patches; the loss is the MSE on
-per-patch normalised pixels of masked patches only.
+per-patch normalised pixels of masked patches only (:func:`mae_loss`).
 
-With ``position_labels`` (Zhang, Gong, Wu, "Position Label for Self-Supervised Vision Transformer", AAAI 2023)
-the visible encoder tokens also predict their positions, with the APL and/or RPL heads and losses of
-:mod:`smallvit.objectives.position_labels`. The encoder must then have no position embedding
-(``model.pos_embed: false``), otherwise APL reads it back; the decoder keeps its own.
+The objective publishes each view's visible patches (:meth:`StepContext.publish_mask`), so objectives listed after
+it with ``masked_by: mae`` read the same masked encoding: ``apl`` / ``rpl`` beside it are MAE with position labels
+(Zhang, Gong, Wu, "Position Label for Self-Supervised Vision Transformer", AAAI 2023) on the visible tokens. The
+encoder must then have no position embedding (``model.pos_embed: false``), otherwise APL reads it back; the
+decoder keeps its own.
 
 Matches the reference MAE (facebookresearch/mae) in masking (per-sample random permutation, the same count
 masked in every image), target normalisation (``norm_pix_loss``) and loss. Differs on purpose: the decoder
@@ -16,11 +17,11 @@ sees only patch tokens (the reference also passes the CLS token through it), and
 ``round(mask_ratio · N)`` (the reference truncates the visible count). Encoder: smallvit's ViT backbone through
 ``backbone(images, keep=visible)``, so Swin (windowed attention) cannot be used.
 
-Example:
-    >>> config = MAE.Config(name="mae", mask_ratio=0.75, position_labels=[{"kind": "apl", "weight": 0.5}])
-    >>> objective = MAE(config, setup)
-    >>> out = objective(StepContext(batch, backbone))
-    >>> out.loss.backward(); out.metrics["reconstruction"], out.metrics["apl/acc1"]
+Example (in a recipe: ``objectives: [{name: mae}, {name: apl, weight: 0.5, masked_by: mae}]``):
+    >>> mae = MAE(MAE.Config(name="mae", mask_ratio=0.75), setup)
+    >>> apl = build_objective(parse_objective_config({"name": "apl", "masked_by": "mae"}), setup)
+    >>> ctx = StepContext(batch, backbone)
+    >>> loss = mae(ctx).loss + 0.5 * apl(ctx).loss                  # one masked forward, shared
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
@@ -43,14 +44,7 @@ from smallvit.objectives.base import (
     StepContext,
     register_objective,
 )
-from smallvit.objectives.grid import original_positions, take_tokens
-from smallvit.objectives.position_labels import (
-    AbsolutePositionHead,
-    RelativePositionHead,
-    absolute_position_loss,
-    relative_label_count,
-    relative_position_loss,
-)
+from smallvit.objectives.grid import take_tokens
 
 
 def masked_count(num_tokens: int, mask_ratio: float) -> int:
@@ -85,12 +79,17 @@ def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
     return (patches - mean) / (var + eps).sqrt()
 
 
-def reconstruction_loss(
-    predicted: Tensor, images: Tensor, masked: Tensor, patch_size: int, norm_pix_loss: bool = True
-) -> Tensor:
+def mae_loss(predicted: Tensor, images: Tensor, masked: Tensor, patch_size: int, norm_pix_loss: bool = True) -> Tensor:
     """MSE between ``predicted`` pixels [B, M, p·p·C] and the masked patches (indices [B, M]) of ``images``.
 
     Only masked patches enter; with ``norm_pix_loss`` each target patch is normalised to zero mean, unit variance.
+    Usage::
+
+        visible, masked = random_masking(len(images), 64, 0.75)
+        tokens = backbone(images, keep=visible).patch_tokens        # [B, 16, D]: the visible patches only
+        predicted = decoder(tokens, visible, masked)                  # an MAEDecoder
+        loss = mae_loss(predicted, images, masked, patch_size=4)
+        loss.backward()
     """
     target = take_tokens(patchify(images, patch_size), masked).float()
     if norm_pix_loss:
@@ -148,17 +147,6 @@ class MAEDecoder(nn.Module):
         return self.predict(take_tokens(decoded, predict_at))
 
 
-class PositionLabelSpec(BaseModel):
-    """A position-label loss on MAE's visible encoder tokens (heads of :mod:`~smallvit.objectives.position_labels`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["apl", "rpl"]
-    weight: float = 0.5
-    channel_split: float = Field(0.5, gt=0, lt=1)
-    max_pairs: int | None = Field(None, gt=0, description="rpl only: random visible pairs per image; None: all")
-
-
 class MAEConfig(ObjectiveConfig):
     mask_ratio: float = Field(0.75, gt=0, lt=1)
     norm_pix_loss: bool = True
@@ -167,24 +155,15 @@ class MAEConfig(ObjectiveConfig):
     decoder_heads: int = Field(4, gt=0)
     decoder_mlp_ratio: float = Field(4.0, gt=0)
     decoder_pos_embed: Literal["sincos", "learned"] = "sincos"
-    position_labels: list[PositionLabelSpec] = []
-
-    @field_validator("position_labels")
-    @classmethod
-    def _one_per_kind(cls, specs: list[PositionLabelSpec]) -> list[PositionLabelSpec]:
-        kinds = [spec.kind for spec in specs]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"each position label kind at most once, got {kinds}: list apl and/or rpl")
-        return specs
 
 
 @register_objective
 class MAE(Objective):
-    """Masked-patch pixel reconstruction, plus optional position labels on the visible tokens."""
+    """Masked-patch pixel reconstruction; publishes its mask for objectives ``masked_by: mae``."""
 
     name = "mae"
-    requires_patch_tokens = True
     Config = MAEConfig
+    publishes_mask = True
 
     def __init__(self, config: MAEConfig, setup: ObjectiveSetup):
         super().__init__(config, setup)
@@ -202,39 +181,10 @@ class MAE(Objective):
             mlp_ratio=config.decoder_mlp_ratio,
             pos_embed=config.decoder_pos_embed,
         )
-        dim, (h, w) = setup.embed_dim, setup.grid
-        heads = {}
-        for spec in config.position_labels:
-            if spec.kind == "apl":
-                heads["apl"] = AbsolutePositionHead(dim, h * w, spec.channel_split)
-            else:
-                heads["rpl"] = RelativePositionHead(dim, relative_label_count(h, w), spec.channel_split)
-        self.position_heads = nn.ModuleDict(heads)
 
-    def forward(self, ctx: StepContext) -> ObjectiveOutput:
-        losses, metrics = [], {}
-        for view_name in self.config.views:
-            loss, view_metrics = self._view_loss(ctx, view_name)
-            losses.append(loss)
-            for key, value in view_metrics.items():
-                metrics.setdefault(key, []).append(value)
-        return ObjectiveOutput(torch.stack(losses).mean(), {k: torch.stack(v).mean() for k, v in metrics.items()})
-
-    def _view_loss(self, ctx: StepContext, view_name: str) -> tuple[Tensor, dict[str, Tensor]]:
-        view = ctx.view(view_name)
-        images, grid = view.images, self.setup.grid
+    def view_loss(self, ctx: StepContext, view: str) -> ObjectiveOutput:
+        images, grid = ctx.view(view).images, self.setup.grid
         visible, masked = random_masking(len(images), grid[0] * grid[1], self.config.mask_ratio, device=images.device)
-        encoded = ctx.backbone(images, keep=visible)
-        predicted = self.decoder(encoded.patch_tokens, visible, masked)
-        loss = reconstruction_loss(predicted, images, masked, self.setup.patch_size, self.config.norm_pix_loss)
-        metrics = {"reconstruction": loss.detach()}
-        tokens, positions = encoded.patch_tokens, original_positions(visible, view.patch_order)
-        for spec in self.config.position_labels:
-            head = self.position_heads[spec.kind]
-            if spec.kind == "apl":
-                label_loss, accuracy = absolute_position_loss(head, tokens, grid, positions)
-            else:
-                label_loss, accuracy = relative_position_loss(head, tokens, grid, positions, spec.max_pairs)
-            loss = loss + spec.weight * label_loss
-            metrics.update({f"{spec.kind}/loss": label_loss.detach(), f"{spec.kind}/acc1": accuracy})
-        return loss, metrics
+        ctx.publish_mask(self.name, view, visible)
+        predicted = self.decoder(ctx.encode(view, visible).patch_tokens, visible, masked)
+        return ObjectiveOutput(mae_loss(predicted, images, masked, self.setup.patch_size, self.config.norm_pix_loss))

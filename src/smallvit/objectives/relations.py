@@ -3,22 +3,27 @@
 Camporese, Izzo, Ballan, "Where are my Neighbors? Exploiting Patches Relations in Self-Supervised Vision
 Transformer", BMVC 2022 (https://arxiv.org/abs/2206.00481). Released code: https://github.com/guglielmocamporese/relvit.
 
-Four objectives on the final (post-norm) patch tokens of an ``h × w`` token grid, CLS and register tokens excluded:
+Tasks on the final (post-norm) patch tokens of an ``h × w`` token grid, CLS and register tokens excluded:
 
 - ``relations``: for every ordered token pair (x, y), x = y included, a 9-way class saying where x lies with respect
   to y: ``3·(sign(r_x − r_y) + 1) + (sign(c_x − c_y) + 1)``, i.e. LU, CU, RU, LC, CC, RC, LD, CD, RD (rows grow
   downward, columns rightward). Logits are 9 bilinear scores per pair, ``⟨W_q^k z_x, W_k^k z_y⟩ / √d`` with
-  ``d = D // 9`` and no bias; cross-entropy at every pair, optional label smoothing; metric ``acc`` (pair accuracy).
-- ``abs_position``: ``Linear(D, N)`` on each token, cross-entropy against its grid index; metric ``acc``.
+  ``d = D // 9`` and no bias; cross-entropy at every pair (:func:`relation_loss`, which the objective computes
+  over all pairs with :meth:`PairScores.loss`, a chunk of images at a time), optional label smoothing; metric
+  ``acc1`` (pair accuracy).
+- ``abs_position``: each token's grid index from ``Linear(D, N)``; it is the position-label objective with a linear
+  head on all channels, registered under this name in :mod:`smallvit.objectives.position_labels`.
 - ``distances`` and ``angles`` (off by default): MSE regression from one bilinear score per pair (``d = D``), with
   the paper's targets: the Euclidean distance between the two grid coordinates divided by its maximum over the grid;
   the angle between the two grid-coordinate vectors, with coordinates shifted by half the grid side (so every
-  vector lies in the positive quadrant), divided by π and by its maximum; both then rescaled from [0, 1] to [−1, 1].
+  vector lies in the positive quadrant), divided by π and by its maximum; both then rescaled from [0, 1] to [−1, 1]
+  (:func:`pair_regression_loss`).
 
 When patches were shuffled (``patch_shuffle``) the labels follow the view's ``patch_order``: a token's labels are
 those of the grid position its patch came from. With ``mega_patches`` the tasks live on the K × K mega-patch grid.
 ``max_pairs`` bounds the memory of the pair tasks on large grids (Swin, 224 px / patch 8): each image scores that
-many random pairs instead of all N × N (all pairs are used when N × N <= max_pairs).
+many random pairs instead of all N × N (all pairs are used when N × N <= max_pairs). ``masked_by: mae`` puts a task
+on the visible tokens of MAE's masked encoding.
 
 Matches the released code: label matrices (``datasets/encode_locations.py``), the score head
 (``models/layers.py: MultiHeadAttentionScores``, whose value projection is unused and left out here), label
@@ -34,9 +39,9 @@ smoothing as its ``cross_entropy`` (the same as PyTorch's ``label_smoothing``). 
 Example:
     >>> objective = Relations(Relations.Config(name="relations"), setup)
     >>> out = objective(StepContext(batch, backbone))
-    >>> out.loss.backward(); out.metrics["acc"]
+    >>> out.loss.backward(); out.metrics["acc1"]
     >>> head = PairScores(embed_dim=192, num_scores=9)              # in your own loop:
-    >>> loss = F.cross_entropy(head(tokens), pair_labels(relation_labels(8, 8), patch_order, len(tokens)))
+    >>> loss = relation_loss(head(tokens), pair_targets(relation_labels(8, 8), len(tokens)))
 """
 
 from __future__ import annotations
@@ -49,26 +54,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from smallvit.data.batch import View
-from smallvit.errors import ConfigError
 from smallvit.objectives.base import (
-    Objective,
-    ObjectiveConfig,
+    GridObjective,
+    GridObjectiveConfig,
     ObjectiveOutput,
     ObjectiveSetup,
     StepContext,
     register_objective,
+    top1,
 )
-from smallvit.objectives.grid import (
-    grid_coords,
-    pair_labels,
-    pair_offsets,
-    sample_pairs,
-    sampled_pair_labels,
-    take_tokens,
-    token_index,
-    token_labels,
-)
+from smallvit.objectives.grid import choose_pairs, grid_coords, pair_offsets, pair_targets, take_tokens
 
 RELATION_NAMES = ("LU", "CU", "RU", "LC", "CC", "RC", "LD", "CD", "RD")
 """Relation classes in label order: where token x lies with respect to token y (left/center/right, up/center/down)."""
@@ -78,9 +73,6 @@ def relation_labels(h: int, w: int) -> Tensor:
     """[h·w, h·w] int64: ``label[x, y]`` = class in :data:`RELATION_NAMES` of token x relative to token y."""
     offsets = pair_offsets(h, w)
     return 3 * (offsets[..., 0].sign() + 1) + (offsets[..., 1].sign() + 1)
-
-
-abs_position_labels = token_index  # [h·w]: each token's row-major grid index is its class
 
 
 def _to_unit_range(values: Tensor) -> Tensor:
@@ -104,6 +96,33 @@ def angle_targets(h: int, w: int) -> Tensor:
     return _to_unit_range((polar[:, None] - polar[None, :]).abs() / math.pi)
 
 
+def relation_loss(scores: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of relation scores [B, 9, ...] (class dimension 1) against relation classes [B, ...].
+
+    ``...`` is (N, N) for all ordered pairs of N tokens or (P,) for sampled pairs; the targets come from
+    :func:`~smallvit.objectives.grid.pair_targets` on :func:`relation_labels`. Usage::
+
+        head = PairScores(embed_dim=192, num_scores=9)
+        tokens = backbone(images).patch_tokens                       # [B, 64, 192] on an 8×8 grid
+        targets = pair_targets(relation_labels(8, 8), len(tokens))   # [B, 64, 64]
+        loss = relation_loss(head(tokens), targets, label_smoothing=0.1)
+        loss.backward()
+    """
+    return F.cross_entropy(scores, targets, label_smoothing=label_smoothing)
+
+
+def pair_regression_loss(scores: Tensor, targets: Tensor) -> Tensor:
+    """MSE between one score per pair [B, 1, ...] and its target [B, ...] (RelViT's distances and angles).
+
+    Usage::
+
+        head = PairScores(embed_dim=192, num_scores=1)
+        targets = pair_targets(distance_targets(8, 8), len(tokens))  # or angle_targets
+        loss = pair_regression_loss(head(tokens), targets)
+    """
+    return F.mse_loss(scores.squeeze(1), targets)
+
+
 class PairScores(nn.Module):
     """``num_scores`` bilinear scores for every ordered pair of tokens: attention logits without the softmax.
 
@@ -123,81 +142,105 @@ class PairScores(nn.Module):
         self.query = nn.Linear(embed_dim, num_scores * self.head_dim, bias=False)
         self.key = nn.Linear(embed_dim, num_scores * self.head_dim, bias=False)
 
+    def project(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-score queries (scaled by 1/√d) and keys of ``tokens`` [B, N, D]: each [B, N, S, d]."""
+        shape = (*tokens.shape[:2], self.num_scores, self.head_dim)
+        return self.query(tokens).view(shape) / math.sqrt(self.head_dim), self.key(tokens).view(shape)
+
     def forward(self, tokens: Tensor, pairs: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Scores [B, S, N, N] of all pairs of ``tokens`` [B, N, D], or [B, S, P] of ``pairs`` = (first, second)."""
-        batch, num_tokens, _ = tokens.shape
-        shape = (batch, num_tokens, self.num_scores, self.head_dim)
-        query = self.query(tokens).view(shape) / math.sqrt(self.head_dim)
-        key = self.key(tokens).view(shape)
+        query, key = self.project(tokens)
         if pairs is None:
             return torch.einsum("bxsd,bysd->bsxy", query, key)
         first, second = pairs
         return (take_tokens(query, first) * take_tokens(key, second)).sum(-1).transpose(1, 2)
 
-
-def check_token_grid(objective: str, grid: tuple[int, int]) -> None:
-    """Reject a grid with a single token, on which every position task is trivial."""
-    if grid[0] * grid[1] < 2:
-        raise ConfigError(
-            f"objective '{objective}' needs at least 2 patch tokens but the token grid is {grid[0]}×{grid[1]}: "
-            "use a smaller model.patch_size (or mega_patches k >= 2)"
-        )
+    def loss(self, tokens: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+        """``relation_loss(self(tokens), targets, label_smoothing)`` over all pairs, and the pairs' top-1 accuracy,
+        computed a few images at a time (:class:`_ChunkedRelationLoss`): the same values, in less time and memory."""
+        return _ChunkedRelationLoss.apply(*self.project(tokens), targets, label_smoothing)
 
 
-def check_view_grid(view: View, view_name: str, setup: ObjectiveSetup) -> None:
-    """A view whose ops set its own token grid (mega-patches) must match the backbone's input size."""
-    if view.grid is not None and tuple(view.grid) != tuple(setup.grid):
-        k = view.grid[0]
-        raise ConfigError(
-            f"view '{view_name}' has a {k}×{view.grid[1]} mega-patch grid but the backbone's is "
-            f"{setup.grid[0]}×{setup.grid[1]}: set model.img_size={k * setup.patch_size} (k × patch size)"
-        )
+class _ChunkedRelationLoss(torch.autograd.Function):
+    """Label-smoothed cross-entropy of the bilinear scores of all pairs, and their top-1 accuracy, a chunk of images
+    at a time: the scores [c, S, N, N], their log-softmax and their gradient exist for one chunk only, and the
+    gradients of query and key are computed in the forward (the loss is a scalar: the backward only scales them).
+
+    The autograd chain of einsum and cross-entropy keeps four tensors of the scores' size between forward and backward
+    and spends most of its time writing and reading them: on 2 CPU threads, forward and backward of [128, 9, 196, 196]
+    scores took 1.1–1.2 s of CPU time chunked against 1.9–2.1 s, of [128, 9, 64, 64] 0.23 s against 0.46–0.51 s.
+    """
+
+    ELEMENTS_PER_CHUNK = 2**24  # 64 MB of float scores: 3 chunks of 48 images at 196 tokens, 1 at 64
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, targets: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
+        batch, num_tokens, num_scores, dim = query.shape
+        images = max(1, _ChunkedRelationLoss.ELEMENTS_PER_CHUNK // (num_scores * num_tokens**2))
+        want_grad = any(ctx.needs_input_grad[:2])
+        grad_query, grad_key = torch.empty_like(query), torch.empty_like(key)
+        total = torch.zeros((), device=query.device)
+        hits = torch.zeros((), device=query.device)
+        for start in range(0, batch, images):
+            chunk = slice(start, start + images)
+            q = query[chunk].transpose(1, 2).reshape(-1, num_tokens, dim)  # [c·S, N, d]
+            k = key[chunk].transpose(1, 2).reshape(-1, num_tokens, dim)
+            scores = torch.bmm(q, k.transpose(1, 2)).view(-1, num_scores, num_tokens, num_tokens).float()
+            index = targets[chunk].unsqueeze(1)
+            log_probs = scores.log_softmax(1)
+            picked = log_probs.gather(1, index)
+            total -= (1 - label_smoothing) * picked.sum()
+            if label_smoothing:
+                total -= label_smoothing / num_scores * log_probs.sum()
+            hits += (scores.gather(1, index) == scores.amax(1, keepdim=True)).sum()
+            if want_grad:
+                grad = log_probs.exp_()  # softmax − smoothed one-hot: d(pair loss)/d(scores)
+                if label_smoothing:
+                    grad.sub_(label_smoothing / num_scores)
+                grad.scatter_add_(1, index, picked.fill_(label_smoothing - 1))
+                grad = grad.view(-1, num_tokens, num_tokens).to(q.dtype)
+                shape = (-1, num_scores, num_tokens, dim)
+                grad_query[chunk] = torch.bmm(grad, k).view(shape).transpose(1, 2)
+                grad_key[chunk] = torch.bmm(grad.transpose(1, 2), q).view(shape).transpose(1, 2)
+        count = targets.numel()
+        ctx.save_for_backward(grad_query / count, grad_key / count)
+        accuracy = hits / count
+        ctx.mark_non_differentiable(accuracy)
+        return total / count, accuracy
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_hits: Tensor):
+        grad_query, grad_key = ctx.saved_tensors
+        return grad_query * grad_loss, grad_key * grad_loss, None, None
 
 
-class PairTaskConfig(ObjectiveConfig):
+class PairTaskConfig(GridObjectiveConfig):
     max_pairs: int | None = Field(None, gt=0, description="random pairs scored per image; None: all N × N pairs")
 
 
-class PairTask(Objective):
-    """A task scored on token pairs by a :class:`PairScores` head; subclasses give the targets and the loss."""
+class PairTask(GridObjective):
+    """A task scored on token pairs by a :class:`PairScores` head; subclasses give ``grid_labels`` (the targets
+    [N, N] of every ordered pair of grid positions) and the loss."""
 
     Config = PairTaskConfig
     num_scores: ClassVar[int]
-    requires_patch_tokens = True
 
     def __init__(self, config: PairTaskConfig, setup: ObjectiveSetup):
         super().__init__(config, setup)
-        check_token_grid(self.name, setup.grid)
         self.head = PairScores(setup.embed_dim, self.num_scores)
 
-    def targets(self, h: int, w: int) -> Tensor:
-        """Targets [N, N] of every ordered pair of grid positions."""
+    def loss(
+        self, tokens: Tensor, pairs: tuple[Tensor, Tensor] | None, targets: Tensor, training: bool
+    ) -> ObjectiveOutput:
+        """Loss and metrics of ``tokens`` [B, K, D] on all pairs (``pairs=None``) or the sampled ``pairs``, against
+        ``targets`` [B, K, K] or [B, P]."""
         raise NotImplementedError
 
-    def loss(self, scores: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and metrics from ``scores`` [B, S, ...] and ``targets`` [B, ...] (all pairs or sampled ones)."""
-        raise NotImplementedError
-
-    def forward(self, ctx: StepContext) -> ObjectiveOutput:
-        losses, metrics = [], {}
-        for view_name in self.config.views:
-            view = ctx.view(view_name)
-            check_view_grid(view, view_name, self.setup)
-            encoded = ctx.encode(view_name)
-            tokens = encoded.patch_tokens
-            batch, num_tokens = tokens.shape[:2]
-            grid_targets = self.targets(*encoded.grid).to(tokens.device)
-            max_pairs = self.config.max_pairs
-            if max_pairs is None or num_tokens * num_tokens <= max_pairs:
-                scores = self.head(tokens)
-                targets = pair_labels(grid_targets, view.patch_order, batch)
-            else:
-                pairs = sample_pairs(batch, num_tokens, max_pairs, device=tokens.device)
-                scores = self.head(tokens, pairs)
-                targets = sampled_pair_labels(grid_targets, view.patch_order, *pairs)
-            loss, metrics = self.loss(scores.float(), targets, ctx.training)
-            losses.append(loss)
-        return ObjectiveOutput(torch.stack(losses).mean(), metrics)
+    def view_loss(self, ctx: StepContext, view: str) -> ObjectiveOutput:
+        tokens = self.tokens(ctx, view)
+        batch, num_tokens = tokens.tokens.shape[:2]
+        pairs = choose_pairs(batch, num_tokens, self.config.max_pairs, tokens.tokens.device)
+        return self.loss(tokens.tokens, pairs, pair_targets(self.labels, batch, tokens.positions, pairs), ctx.training)
 
 
 class RelationsConfig(PairTaskConfig):
@@ -211,14 +254,18 @@ class Relations(PairTask):
     name = "relations"
     Config = RelationsConfig
     num_scores = len(RELATION_NAMES)
+    grid_labels = staticmethod(relation_labels)
 
-    def targets(self, h: int, w: int) -> Tensor:
-        return relation_labels(h, w)
-
-    def loss(self, scores: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, tokens: Tensor, pairs: tuple[Tensor, Tensor] | None, targets: Tensor, training: bool
+    ) -> ObjectiveOutput:
         smoothing = self.config.label_smoothing if training else 0.0
-        loss = F.cross_entropy(scores, targets, label_smoothing=smoothing)
-        return loss, {"acc": (scores.argmax(1) == targets).float().mean()}
+        if pairs is None:
+            loss, accuracy = self.head.loss(tokens, targets, smoothing)
+        else:
+            scores = self.head(tokens, pairs).float()
+            loss, accuracy = relation_loss(scores, targets, smoothing), top1(scores, targets, dim=1)
+        return ObjectiveOutput(loss, {"acc1": accuracy})
 
 
 class PairRegression(PairTask):
@@ -226,8 +273,10 @@ class PairRegression(PairTask):
 
     num_scores = 1
 
-    def loss(self, scores: Tensor, targets: Tensor, training: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        return F.mse_loss(scores.squeeze(1), targets), {}
+    def loss(
+        self, tokens: Tensor, pairs: tuple[Tensor, Tensor] | None, targets: Tensor, training: bool
+    ) -> ObjectiveOutput:
+        return ObjectiveOutput(pair_regression_loss(self.head(tokens, pairs).float(), targets))
 
 
 @register_objective
@@ -235,9 +284,7 @@ class Distances(PairRegression):
     """Regression of the scaled grid distance of every ordered pair of patch tokens."""
 
     name = "distances"
-
-    def targets(self, h: int, w: int) -> Tensor:
-        return distance_targets(h, w)
+    grid_labels = staticmethod(distance_targets)
 
 
 @register_objective
@@ -245,32 +292,4 @@ class Angles(PairRegression):
     """Regression of the scaled angle between the grid-coordinate vectors of every ordered pair of patch tokens."""
 
     name = "angles"
-
-    def targets(self, h: int, w: int) -> Tensor:
-        return angle_targets(h, w)
-
-
-@register_objective
-class AbsPosition(Objective):
-    """Classification of each patch token's grid index by a linear head."""
-
-    name = "abs_position"
-    requires_patch_tokens = True
-
-    def __init__(self, config: ObjectiveConfig, setup: ObjectiveSetup):
-        super().__init__(config, setup)
-        check_token_grid(self.name, setup.grid)
-        self.head = nn.Linear(setup.embed_dim, setup.grid[0] * setup.grid[1])
-
-    def forward(self, ctx: StepContext) -> ObjectiveOutput:
-        losses, metrics = [], {}
-        for view_name in self.config.views:
-            view = ctx.view(view_name)
-            check_view_grid(view, view_name, self.setup)
-            encoded = ctx.encode(view_name)
-            logits = self.head(encoded.patch_tokens).float()
-            grid_labels = abs_position_labels(*encoded.grid).to(logits.device)
-            labels = token_labels(grid_labels, view.patch_order, len(logits))
-            losses.append(F.cross_entropy(logits.flatten(0, 1), labels.flatten()))
-            metrics["acc"] = (logits.argmax(-1) == labels).float().mean()
-        return ObjectiveOutput(torch.stack(losses).mean(), metrics)
+    grid_labels = staticmethod(angle_targets)

@@ -1,7 +1,8 @@
 """Supervised classification: a linear head on the pooled feature, cross-entropy with label smoothing.
 
 Soft targets from mixup/CutMix come as a :class:`~smallvit.data.batch.Mix` pairing on the view, turned into
-``lam * CE(y) + (1 - lam) * CE(y[partner])`` by the shared :func:`mixed_cross_entropy`.
+``lam * CE(y) + (1 - lam) * CE(y[partner])`` by the shared :func:`~smallvit.data.mixing.mixed_cross_entropy`, which
+is also the tensor-level loss to call from a loop of your own: ``mixed_cross_entropy(logits, labels, mix, 0.1)``.
 
 Example:
     >>> objective = Supervised(Supervised.Config(name="supervised"), setup)
@@ -11,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from smallvit.data.mixing import mixed_cross_entropy
@@ -50,17 +50,12 @@ class Supervised(Objective):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, ctx: StepContext) -> ObjectiveOutput:
-        losses, metrics = [], {}
-        for view_name in self.config.views:
-            view = ctx.view(view_name)
-            logits = self.head(ctx.encode(view_name).pooled).float()
-            smoothing = self.config.label_smoothing if ctx.training else 0.0
-            losses.append(mixed_cross_entropy(logits, view.labels, view.mix, smoothing))
-            if view.mix is None:
-                metrics["acc1"] = topk_accuracy(logits, view.labels, 1)
-                metrics["acc5"] = topk_accuracy(logits, view.labels, 5)
-        return ObjectiveOutput(torch.stack(losses).mean(), metrics)
+    def view_loss(self, ctx: StepContext, view: str) -> ObjectiveOutput:
+        labels, mix = ctx.view(view).labels, ctx.view(view).mix
+        logits = self.head(ctx.encode(view).pooled).float()
+        smoothing = self.config.label_smoothing if ctx.training else 0.0
+        metrics = {} if mix is not None else {f"acc{k}": topk_accuracy(logits, labels, k) for k in (1, 5)}
+        return ObjectiveOutput(mixed_cross_entropy(logits, labels, mix, smoothing), metrics)
 
     def classifier_state(self) -> dict[str, Tensor]:
         return {"head.weight": self.head.weight, "head.bias": self.head.bias}

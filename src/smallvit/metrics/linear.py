@@ -12,20 +12,18 @@ Example::
 
     probe = fit_linear_probe(train_features, train_labels, num_classes=10, weight_decay=1e-4)
     accuracy = probe.accuracy(test_features, test_labels)
-    result = linear_probe_run(Path("runs/idmm-pretrain-20261125-120000"))  # {"acc1": ..., "weight_decay": ...}
+
+The same of a run folder, with its features cached there: :func:`smallvit.runs.linear_probe_run`.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from smallvit.eval.features import log_evaluation, run_features
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 """Candidate L2 strengths (on the mean cross-entropy) tried by :func:`select_weight_decay`."""
@@ -161,25 +159,3 @@ def train_linear_probe(
     if weight_decay is None:
         weight_decay, init = select_weight_decay(features, labels, num_classes)
     return fit_linear_probe(features, labels, num_classes, weight_decay, init=init)
-
-
-def linear_probe_run(
-    run_dir: Path, split: str | None = None, checkpoint: str = "best", weight_decay: float | None = None
-) -> dict[str, float | str | None]:
-    """Linear-probe top-1 of a run's frozen features: fitted on its training set, evaluated on ``split``.
-
-    Features are cached in the run folder; the result is also appended to ``<run>/evaluations.jsonl``.
-    """
-    features = run_features(run_dir, checkpoint, split)
-    accuracy, chosen = linear_probe_accuracy(
-        features.train,
-        features.train_labels,
-        features.query,
-        features.query_labels,
-        features.num_classes,
-        weight_decay,
-    )
-    result = {"kind": "linear", "checkpoint": checkpoint, "split": features.split, "weight_decay": chosen}
-    result["acc1"] = accuracy
-    log_evaluation(run_dir, result)
-    return result

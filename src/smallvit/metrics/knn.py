@@ -5,18 +5,15 @@ Each of the ``k`` most cosine-similar training features votes for its class with
 Example::
 
     accuracy = knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes=10)
-    result = knn_evaluate_run(Path("runs/idmm-pretrain-20261125-120000"))  # {"acc1": ..., "split": "test", ...}
+
+The same of a run folder, with its features cached there: :func:`smallvit.runs.knn_evaluate_run`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from smallvit.eval.features import log_evaluation, run_features
 
 
 @torch.no_grad()
@@ -56,26 +53,3 @@ def knn_accuracy(
     """Top-1 accuracy of weighted kNN."""
     scores = knn_scores(train_features, train_labels, query_features, num_classes, k, temperature)
     return (scores.argmax(dim=1) == query_labels).float().mean().item()
-
-
-def knn_evaluate_run(
-    run_dir: Path, split: str | None = None, checkpoint: str = "best", k: int = 20, temperature: float = 0.07
-) -> dict[str, float | int | str]:
-    """Weighted kNN top-1 of a run's frozen features: its training set is the bank, ``split`` the queries.
-
-    Features are cached in the run folder; the result is also appended to ``<run>/evaluations.jsonl``.
-    """
-    features = run_features(run_dir, checkpoint, split)
-    accuracy = knn_accuracy(
-        features.train,
-        features.train_labels,
-        features.query,
-        features.query_labels,
-        features.num_classes,
-        k=k,
-        temperature=temperature,
-    )
-    result = {"kind": "knn", "checkpoint": checkpoint, "split": features.split, "k": k, "temperature": temperature}
-    result["acc1"] = accuracy
-    log_evaluation(run_dir, result)
-    return result

@@ -1,5 +1,6 @@
+"""A finished run folder: the feature cache, and kNN / linear probes of a run through the command line."""
+
 import json
-import math
 
 import pytest
 import torch
@@ -7,9 +8,9 @@ from typer.testing import CliRunner
 
 from smallvit.cli import app
 from smallvit.data.pipeline import eval_augmentation
-from smallvit.eval.features import cached_features, run_features
-from smallvit.eval.knn import knn_accuracy, knn_scores
+from smallvit.metrics import extract_features, linear_probe_accuracy
 from smallvit.models import build_backbone
+from smallvit.runs import cached_features, load_run, run_features
 
 TINY_IDMM = [
     "epochs=1",
@@ -27,33 +28,6 @@ TINY_IDMM = [
 def _isolated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
-
-
-def test_separable_toy_features_are_classified_perfectly():
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.eye(16)[:4] * 5  # 4 classes on orthogonal axes, noise far smaller than their distance
-    train_labels, query_labels = torch.arange(200) % 4, torch.arange(100) % 4
-    train = centres[train_labels] + 0.3 * torch.randn(200, 16, generator=gen)
-    query = centres[query_labels] + 0.3 * torch.randn(100, 16, generator=gen)
-    assert knn_accuracy(train, train_labels, query, query_labels, num_classes=4) == 1.0
-
-
-def test_votes_are_exp_cosine_over_temperature_of_the_k_nearest():
-    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])
-    labels = torch.tensor([0, 1, 1, 0])
-    query = torch.tensor([[3.0, 0.0]])  # cosines: 1, 0, 1/sqrt(2), -1
-    scores = knn_scores(bank, labels, query, num_classes=2, k=2, temperature=0.5)
-    expected = torch.tensor([[math.exp(1 / 0.5), math.exp(2**-0.5 / 0.5)]])
-    assert torch.allclose(scores, expected)
-    all_neighbours = knn_scores(bank, labels, query, num_classes=2, k=10, temperature=0.5)  # k clipped to the bank
-    assert torch.allclose(all_neighbours[0, 0], torch.tensor(math.exp(2) + math.exp(-2)))
-
-
-def test_bad_k_or_temperature_is_refused():
-    with pytest.raises(ValueError, match="k >= 1"):
-        knn_scores(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.randn(1, 2), 1, k=0)
-    with pytest.raises(ValueError, match="temperature > 0"):
-        knn_scores(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.randn(1, 2), 1, temperature=0)
 
 
 def test_feature_cache_is_reused_only_for_the_same_weights_images_and_transform(tmp_path):
@@ -93,3 +67,32 @@ def test_eval_knn_of_a_pretraining_run_matches_its_online_knn(tmp_path):
     features = run_features(run, "last")
     assert features.from_cache
     assert features.train.shape == (40, 192) and features.query.shape == (50, 192)
+
+
+def test_eval_linear_of_a_run(tmp_path):
+    runs = tmp_path / "runs"
+    fast = ["epochs=1", "data.subset.per_class=6", "data.eval_subset.per_class=4", "model.overrides.depth=1"]
+    args = ["train", "quickstart", *fast, "train.precision=fp32", "--runs-dir", str(runs), "--name", "sup", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = runs / "sup"
+
+    result = CliRunner().invoke(app, ["eval", "linear", str(run), "--weight-decay", "0.01"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert (record["kind"], record["split"], record["checkpoint"], record["weight_decay"]) == (
+        "linear",
+        "test",
+        "best",
+        0.01,
+    )
+    assert f"linear/acc1 (test, weight decay 0.01): {record['acc1']:.4f}" in result.output
+    assert sorted(p.name for p in (run / "features").iterdir()) == ["best-test.safetensors", "best-train.safetensors"]
+
+    # the cached features are the checkpoint's, and the probe on them gives the recorded accuracy
+    features = run_features(run)
+    experiment = load_run(run)
+    fresh = extract_features(experiment.model.backbone, experiment.test.images, experiment.eval_augment)
+    assert features.from_cache and torch.equal(features.query, fresh)
+    train, labels, query, query_labels = features.train, features.train_labels, features.query, features.query_labels
+    assert linear_probe_accuracy(train, labels, query, query_labels, 10, weight_decay=0.01) == (record["acc1"], 0.01)

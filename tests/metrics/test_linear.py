@@ -1,18 +1,11 @@
-import json
+"""Linear probe on frozen features: Bayes accuracy, invariances, weight-decay selection."""
+
 import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from smallvit.cli import app
-from smallvit.eval.linear import fit_linear_probe, linear_probe_accuracy, select_weight_decay
-
-
-@pytest.fixture(autouse=True)
-def _isolated_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+from smallvit.metrics import fit_linear_probe, linear_probe_accuracy, select_weight_decay
 
 
 def _two_gaussians(n: int, gen: torch.Generator, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,19 +54,3 @@ def test_stronger_weight_decay_gives_smaller_weights_and_selection_prefers_it_on
     assert chosen == 1e-3 * (1 + 1e-12) and probe.weight_decay == chosen
     with pytest.raises(ValueError, match="weight_decay >= 0"):
         fit_linear_probe(features, labels, 2, weight_decay=-1.0)
-
-
-def test_eval_linear_of_a_run(tmp_path):
-    runs = tmp_path / "runs"
-    fast = ["epochs=1", "data.subset.per_class=6", "data.eval_subset.per_class=4", "model.overrides.depth=1"]
-    args = ["train", "quickstart", *fast, "train.precision=fp32", "--runs-dir", str(runs), "--name", "sup", "--quiet"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    run = runs / "sup"
-
-    result = CliRunner().invoke(app, ["eval", "linear", str(run), "--weight-decay", "0.01"])
-    assert result.exit_code == 0, result.output
-    assert "linear/acc1 (test, weight decay 0.01): " in result.output
-    record = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
-    assert record["kind"] == "linear" and 0.0 <= record["acc1"] <= 1.0 and record["weight_decay"] == 0.01
-    assert sorted(p.name for p in (run / "features").iterdir()) == ["best-test.safetensors", "best-train.safetensors"]

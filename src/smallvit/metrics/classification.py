@@ -1,0 +1,39 @@
+"""Where a classifier goes wrong: the confusion matrix, accuracy per class, and the worst-classified images.
+
+Tensors in, numbers out; :mod:`smallvit.engine.pictures` draws them and ``smallvit eval --json`` prints them.
+
+Example:
+    >>> confusion = confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), num_classes=2)
+    >>> confusion.tolist()                  # rows: true class, columns: predicted class
+    [[1, 1], [0, 1]]
+    >>> per_class_accuracy(confusion).tolist()
+    [0.5, 1.0]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """int64 [num_classes, num_classes]: entry (t, p) counts the images of true class t predicted as p."""
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
+    pairs = labels.long().cpu() * num_classes + predictions.long().cpu()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: Tensor) -> Tensor:
+    """float [num_classes]: the fraction of each true class predicted right; NaN for a class with no images."""
+    totals = confusion.sum(dim=1).double()
+    return (confusion.diagonal().double() / totals).where(totals > 0, torch.full_like(totals, float("nan")))
+
+
+def worst_classified(probabilities: Tensor, labels: Tensor, count: int) -> Tensor:
+    """Indices of the ``count`` misclassified images whose true class got the lowest probability, worst first
+    (fewer when fewer are misclassified). ``probabilities``: [N, classes] softmax outputs."""
+    true_probability = probabilities.gather(1, labels.long()[:, None]).squeeze(1)
+    wrong = (probabilities.argmax(dim=1) != labels).nonzero().squeeze(1)
+    order = true_probability[wrong].argsort(stable=True)
+    return wrong[order[:count]]

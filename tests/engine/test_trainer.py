@@ -1,0 +1,296 @@
+"""The training loop's parts: one optimizer step with gradient accumulation, the learning rate of each parameter
+group, non-finite losses, the best checkpoint, evaluation, precision and the progress line."""
+
+import dataclasses
+import io
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+import smallvit.engine.trainer as trainer
+from smallvit.config import load_recipe
+from smallvit.data.batch import Batch
+from smallvit.data.pipeline import ViewSpec
+from smallvit.engine.checkpoint import load_checkpoint
+from smallvit.engine.experiment import build_experiment, read_run_config, resolve_device
+from smallvit.engine.trainer import NonFiniteLoss, evaluate, objective_weights, optimizer_step, train
+from smallvit.metrics import extract_features
+
+TINY = [
+    "data.subset.per_class=4",  # 40 training images: 2 steps per epoch at batch 20
+    "data.eval_subset.per_class=2",  # 20 validation and 20 test images
+    "model.overrides.depth=1",
+    "epochs=1",
+    "train.batch_size=20",
+    "precision=fp32",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+
+
+def _stage(*overrides, recipe="quickstart"):
+    return load_recipe(recipe, [*TINY, *overrides]).stages[0]
+
+
+def _train(tmp_path, *overrides, recipe="quickstart", name="run"):
+    """Train into ``tmp_path/name`` quietly; returns the run folder, its summary and what it printed."""
+    out = io.StringIO()
+    run = tmp_path / name
+    summary = train(_stage(*overrides, recipe=recipe), run, quiet=True, console=Console(file=out, width=400))
+    return run, summary, out.getvalue()
+
+
+def _records(run, kind):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+# ---------------------------------------------------------------- one optimizer step
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD at lr 1 that keeps the gradients it stepped with."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=1.0)
+        self.grads: list[torch.Tensor] = []
+
+    def step(self, closure=None):
+        self.grads = [p.grad.clone() for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return super().step(closure)
+
+
+def _deterministic_experiment():
+    """No random augmentation and no drop path, so a micro-batch computes exactly its rows of the full batch."""
+    stage = _stage("model.drop_path=0")
+    stage = stage.model_copy(update={"augment": {"main": ViewSpec(ops=[])}})
+    return build_experiment(stage)
+
+
+def _one_step(exp, state, accumulation, images, labels):
+    exp.model.load_state_dict(state)
+    train_config = exp.config.train.model_copy(update={"accumulation": accumulation})
+    exp = dataclasses.replace(exp, config=exp.config.model_copy(update={"train": train_config}))
+    optimizer = RecordingSGD(exp.model.parameters())
+    data = (images, labels, torch.arange(len(labels)))
+    weights = objective_weights(exp.config, 0.0)
+    metrics, finite = optimizer_step(
+        exp, exp.model, optimizer, data, torch.Generator().manual_seed(0), 0, weights, "fp32"
+    )
+    after = {name: p.detach().clone() for name, p in exp.model.named_parameters()}
+    return metrics, finite, optimizer.grads, after
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient_update_and_mean_loss():
+    exp = _deterministic_experiment()
+    state = {k: v.clone() for k, v in exp.model.state_dict().items()}
+    images, labels = exp.train_images[:10], exp.train_labels[:10]  # accumulation 3: micro-batches of 4, 4 and 2
+    full, full_finite, full_grads, full_after = _one_step(exp, state, 1, images, labels)
+    accumulated, finite, grads, after = _one_step(exp, state, 3, images, labels)
+
+    assert full_finite and finite
+    assert len(grads) == len(full_grads) == sum(1 for p in exp.model.parameters() if p.requires_grad)
+    for grad, reference in zip(grads, full_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-7)
+    for name, value in after.items():
+        torch.testing.assert_close(value, full_after[name], rtol=1e-5, atol=1e-7)
+    # the logged loss and accuracy are the full batch's: micro-batch means weighted 4/10, 4/10, 2/10
+    assert set(accumulated) == set(full) == {"loss", "supervised/loss", "supervised/acc1", "supervised/acc5"}
+    for key in full:
+        torch.testing.assert_close(accumulated[key], full[key], rtol=1e-5, atol=1e-6)
+    exp.model.load_state_dict(state)  # the full batch's loss, recomputed by hand: the classifier on the features
+    features = extract_features(exp.model.backbone, images, exp.augment)
+    head = exp.model.classifier_state()
+    logits = features @ head["head.weight"].T + head["head.bias"]
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    torch.testing.assert_close(full["loss"], expected, rtol=1e-5, atol=1e-6)
+    last_micro_batch = F.cross_entropy(logits[8:], labels[8:], label_smoothing=0.1)
+    assert not math.isclose(accumulated["loss"].item(), last_micro_batch.item(), rel_tol=1e-3)
+
+
+def test_a_step_with_a_non_finite_loss_leaves_the_parameters_and_gradients_alone():
+    exp = _deterministic_experiment()
+    before = {k: v.clone() for k, v in exp.model.state_dict().items()}
+    real = exp.augment
+    exp.augment = lambda *args: _poison(real(*args))
+    optimizer = torch.optim.AdamW(exp.model.parameters(), lr=1.0)
+    data = (exp.train_images[:8], exp.train_labels[:8], torch.arange(8))
+    metrics, finite = optimizer_step(exp, exp.model, optimizer, data, torch.Generator(), 0, [1.0], "fp32")
+    assert not finite and math.isnan(metrics["loss"]) and math.isnan(metrics["supervised/loss"])
+    assert all(torch.equal(value, before[key]) for key, value in exp.model.state_dict().items())
+    assert all(p.grad is None for p in exp.model.parameters()) and not optimizer.state
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_the_learning_rate_follows_warmup_cosine_in_every_group_times_its_lr_scale(tmp_path, monkeypatch):
+    seen = []
+    real = trainer.optimizer_step
+
+    def recording(exp, model, optimizer, *args):
+        seen.append([(group["lr"], group["lr_scale"]) for group in optimizer.param_groups])
+        return real(exp, model, optimizer, *args)
+
+    monkeypatch.setattr(trainer, "optimizer_step", recording)
+    schedule = ["lr=1e-3", "optim.min_lr=1e-5", "optim.warmup_fraction=0.5", "optim.layer_decay=0.5"]
+    run, _, _ = _train(tmp_path, "epochs=2", "train.log_every=1", *schedule)
+    # 2 steps per epoch, warm-up 1 epoch; each step uses the lr at its end: 0.5 and 1 epoch in warm-up, then cosine
+    expected = [5e-4, 1e-3, 1e-5 + 0.5 * (1e-3 - 1e-5), 1e-5]
+    assert [record["lr"] for record in _records(run, "train")] == pytest.approx(expected, rel=1e-12)
+    assert len(seen) == 4
+    for lr, groups in zip(expected, seen):
+        assert [group_lr for group_lr, _ in groups] == pytest.approx([lr * scale for _, scale in groups], rel=1e-12)
+    assert sorted({scale for _, scale in seen[0]}) == [0.25, 0.5, 1.0]  # stem, the one block, the heads
+
+
+def _poison(batch: Batch) -> Batch:
+    return Batch({name: view.replace(images=view.images * float("nan")) for name, view in batch.views.items()})
+
+
+def _poison_training_calls(monkeypatch, bad_calls: set[int]) -> None:
+    """Make the training augmentation's output NaN at the given calls (0-based: one call per optimizer step)."""
+
+    def build(config, *args, **kwargs):
+        exp = build_experiment(config, *args, **kwargs)
+        real_augment, calls = exp.augment, []
+
+        def augment(*args):
+            calls.append(None)
+            batch = real_augment(*args)
+            return _poison(batch) if len(calls) - 1 in bad_calls else batch
+
+        exp.augment = augment
+        return exp
+
+    monkeypatch.setattr(trainer, "build_experiment", build)
+
+
+@pytest.mark.parametrize("bad_step, checkpoint_written", [(1, False), (3, True)])
+def test_a_non_finite_loss_stops_the_run_naming_step_and_objective_and_writes_no_nan_checkpoint(
+    tmp_path, monkeypatch, bad_step, checkpoint_written
+):
+    _poison_training_calls(monkeypatch, {bad_step - 1})
+    with pytest.raises(NonFiniteLoss) as raised:
+        _train(tmp_path, "epochs=2")
+    message = str(raised.value)
+    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    where = f"the last good checkpoint is {last}" if checkpoint_written else "no checkpoint was written yet"
+    assert message.startswith(f"the loss is not finite at step {bad_step} (objective: supervised); {where}: ")
+    assert "\n" not in message
+    written = sorted((tmp_path / "run" / "checkpoints").glob("*.safetensors"))
+    assert written == ([last] if checkpoint_written else [])
+    for path in written:  # epoch 1's checkpoint, finite
+        tensors, state = load_checkpoint(path)
+        assert state["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+def test_skip_nonfinite_skips_and_counts_bad_steps_then_stops_at_one_more(tmp_path, monkeypatch):
+    _poison_training_calls(monkeypatch, {1})  # step 2
+    run, summary, output = _train(tmp_path, "epochs=2", "train.log_every=1", "train.skip_nonfinite=1")
+    logged = [(record["step"], record["train/skipped_nonfinite"]) for record in _records(run, "train")]
+    assert logged == [(1, 0), (3, 1), (4, 1)]  # the skipped step adds nothing to the log window
+    assert "step 2: non-finite loss, skipped (1/1)" in output
+    assert summary["final"]["val/supervised/acc1"] == evaluate(*_reloaded(run, "last"), "val")["val/supervised/acc1"]
+
+    _poison_training_calls(monkeypatch, {1, 2})
+    with pytest.raises(NonFiniteLoss, match="not finite at step 3 "):
+        _train(tmp_path, "epochs=2", "train.skip_nonfinite=1", name="again")
+
+
+def _reloaded(run, checkpoint):
+    """The experiment of a run folder, rebuilt from its config.yaml, with a checkpoint's weights."""
+    exp = build_experiment(read_run_config(run), load_init=False)
+    exp.model.load_state_dict(load_checkpoint(run / "checkpoints" / f"{checkpoint}.safetensors", prefix="model.")[0])
+    return exp, exp.model
+
+
+@pytest.mark.parametrize("mode", ["default", "max"])
+def test_the_best_checkpoint_follows_the_metric_direction(tmp_path, mode):
+    """A loss keeps its minimum unless best_mode says otherwise; best.safetensors holds the weights that scored it."""
+    overrides = ["epochs=3", "train.eval_every=1", "lr=3e-3", "optim.warmup_fraction=0", "train.best_metric=val/loss"]
+    run, summary, _ = _train(tmp_path, *overrides, *([] if mode == "default" else [f"train.best_mode={mode}"]))
+    losses = {record["epoch"]: record["val/loss"] for record in _records(run, "eval")}
+    assert sorted(losses) == [1, 2, 3] and len(set(losses.values())) == 3
+    choose = min if mode == "default" else max
+    best_epoch = choose(losses, key=losses.get)
+    assert summary["best"] == {
+        "metric": "val/loss",
+        "value": losses[best_epoch],
+        "epoch": best_epoch,
+        "test": summary["best"]["test"],
+    }
+    assert load_checkpoint(run / "checkpoints" / "best.safetensors")[1]["epoch"] == best_epoch
+    assert evaluate(*_reloaded(run, "best"), "val")["val/loss"] == pytest.approx(losses[best_epoch], rel=1e-6)
+
+
+# ---------------------------------------------------------------- evaluation, precision, progress
+
+
+def test_evaluate_averages_over_images_and_matches_the_classifier_recomputed_by_hand():
+    exp = build_experiment(_stage("train.batch_size=8"))  # 20 validation images: batches of 8, 8 and 4
+    metrics = evaluate(exp, exp.model, "val")
+    features = extract_features(exp.model.backbone, exp.val.images, exp.eval_augment)
+    head = exp.model.classifier_state()
+    logits = features @ head["head.weight"].T + head["head.bias"]
+    accuracy = (logits.argmax(1) == exp.val.labels).float().mean().item()
+    loss = F.cross_entropy(logits, exp.val.labels).item()  # no label smoothing when evaluating
+    assert metrics["val/supervised/acc1"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["val/supervised/loss"] == pytest.approx(loss, rel=1e-5)
+    assert metrics["val/loss"] == metrics["val/supervised/loss"]
+
+
+def test_evaluate_draws_the_same_masks_every_time_and_leaves_the_training_rng_alone():
+    exp = build_experiment(_stage(recipe="mae-pretrain"))
+    torch.manual_seed(1)
+    first = evaluate(exp, exp.model)
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    second = evaluate(exp, exp.model)
+    assert second == first and torch.equal(torch.get_rng_state(), state)
+    # without its fixed seed the loss would differ: MAE's masks are random
+    torch.manual_seed(2)
+    with torch.no_grad():
+        unseeded = trainer._evaluate(exp, exp.model, exp.val, "val")
+    assert unseeded["val/loss"] != first["val/loss"]
+
+
+def test_precision_is_resolved_once_per_run_and_per_evaluation_not_per_micro_batch(tmp_path, monkeypatch):
+    resolved, evaluations = [], []
+    real_resolve, real_evaluate = trainer.resolve_precision, trainer.evaluate
+    monkeypatch.setattr(trainer, "resolve_precision", lambda p, d: resolved.append(p) or real_resolve(p, d))
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: evaluations.append(a) or real_evaluate(*a, **k))
+    _, summary, _ = _train(tmp_path, "precision=auto", "train.batch_size=10", "train.accumulation=2")
+    # 4 optimizer steps of 2 micro-batches each; every evaluation is of 20 images, in 2 batches
+    assert len(evaluations) >= 2  # validation, then test
+    assert resolved.count("auto") == 1 + len(evaluations)
+    assert summary["precision"] == real_resolve("auto", resolve_device("auto"))
+
+
+def _top1(record, prefix):
+    return {key[len(prefix) : -len("/acc1")]: value for key, value in record.items() if key.endswith("/acc1")}
+
+
+def test_the_progress_lines_show_every_objectives_own_top1(tmp_path):
+    run, _, output = _train(tmp_path, recipe="poslabel-apl-vit")
+    lines = output.splitlines()
+    train_record, eval_record = _records(run, "train")[-1], _records(run, "eval")[-1]
+    # supervised trains on mixup/CutMix images, so it has a training top-1 only in evaluation
+    for record, prefix, start, names in [
+        (train_record, "train/", "epoch 1/1: ", ["apl"]),
+        (eval_record, "val/", "epoch 1: ", ["apl", "supervised"]),
+    ]:
+        top1 = _top1(record, prefix)
+        assert sorted(top1) == names
+        line = next(line for line in lines if line.startswith(start)) + "  "
+        assert line.startswith(f"{start}loss {record[prefix + 'loss']:.3f}  ")
+        for name, value in top1.items():
+            assert f"  {name} {value:.3f}  " in line

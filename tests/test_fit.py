@@ -1,0 +1,240 @@
+"""``smallvit fit``: the rules it chooses by (pure functions, pinned on cases a reader can check), the folder scan, and
+one run end to end on a tiny generated folder — fit, then predict, plot and eval on what it made."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from smallvit.cli import app
+from smallvit.errors import ConfigError, DataError
+from smallvit.fit import (
+    BUDGET_FILL,
+    Speed,
+    choose_geometry,
+    choose_recipe,
+    parse_duration,
+    plan_epochs,
+    scan_folder,
+)
+
+CLASSES = ["circle", "square", "stripes"]
+
+
+def make_image_folder(root: Path, per_class: int = 12, seed: int = 0, broken: bool = True) -> Path:
+    """``root/<class>/<image>``: three classes of drawn shapes in mixed sizes, formats and modes — RGB JPEGs,
+    grayscale and RGBA PNGs, palette GIFs — and, with ``broken``, one file that is not an image."""
+    rng = np.random.default_rng(seed)
+    sizes = [(48, 40), (64, 64), (80, 60), (56, 72), (120, 90)]
+    for name in CLASSES:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            width, height = sizes[i % len(sizes)]
+            image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 120, 3)))
+            draw = ImageDraw.Draw(image)
+            colour = tuple(int(v) for v in rng.integers(140, 256, 3))
+            side = min(width, height) // 2
+            x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+            if name == "circle":
+                draw.ellipse([x, y, x + side, y + side], fill=colour)
+            elif name == "square":
+                draw.rectangle([x, y, x + side, y + side], fill=colour)
+            else:
+                for left in range(0, width, 8):
+                    draw.rectangle([left, 0, left + 3, height], fill=colour)
+            kind = i % 6
+            if kind == 0:
+                image.convert("L").save(folder / f"{i:02d}.png")
+            elif kind == 1:
+                rgba = image.convert("RGBA")
+                rgba.putalpha(200)
+                rgba.save(folder / f"{i:02d}.png")
+            elif kind == 2:
+                image.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / f"{i:02d}.gif")
+            else:
+                image.save(folder / f"{i:02d}.jpg", quality=90)
+    if broken:
+        (root / "square" / "broken.jpg").write_bytes(b"this is not an image")
+    return root
+
+
+def assert_picture(path: Path, min_side: int = 200) -> None:
+    """A PNG that opens, is not tiny, and is not one flat colour."""
+    assert path.is_file() and path.stat().st_size > 0, path
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        assert min(image.size) >= min_side, (path, image.size)
+        assert np.asarray(image.convert("L")).std() > 5, path
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------- the rules
+
+
+@pytest.mark.parametrize(
+    ("sides", "size", "patch"),
+    [
+        ([32] * 5, 32, 4),  # CIFAR-sized: the README's protocol
+        ([375, 500, 3000], 224, 28),  # photos: clamped to 224
+        ([100, 100, 90, 120], 96, 12),  # median 100 -> patch round(12.5) = 12 -> 96
+        ([60, 50, 70], 64, 8),  # median 60 -> patch round(7.5) = 8 -> 64
+        ([8, 10, 12], 32, 4),  # thumbnails: raised to 32
+    ],
+)
+def test_geometry_takes_the_median_shorter_side_and_an_8x8_grid(sides, size, patch):
+    geometry = choose_geometry(sides)
+    assert (geometry.image_size, geometry.patch_size, geometry.in_chans) == (size, patch, 3)
+    assert geometry.image_size % geometry.patch_size == 0 and geometry.grid == 8
+
+
+def test_geometry_fits_the_decoded_images_in_memory():
+    big = choose_geometry([500] * 3, num_images=200_000, memory_bytes=4 * 2**30)
+    assert big.image_size == 80 and "fit in 4 GiB" in big.size_reason  # isqrt(4 GiB / 600k) = 84 -> patch 10
+    assert choose_geometry([500] * 3, num_images=2040).image_size == 224  # 2040 photos: 307 MB at 224 px
+    with pytest.raises(DataError):
+        choose_geometry([])
+
+
+def test_recipe_rule_by_images_per_class():
+    small = choose_recipe(num_train=2040, num_classes=10)  # the CIFAR-10 sample the evidence comes from
+    assert (small.recipe, small.rule) == ("relvit-joint", "small-data") and "+5.2" in small.reason
+    assert choose_recipe(num_train=3000, num_classes=3).recipe == "relvit-joint"  # exactly 1,000 per class
+    more = choose_recipe(num_train=3003, num_classes=3)
+    assert (more.recipe, more.rule) == ("quickstart", "more-data")
+
+
+def test_epochs_fill_the_budget_from_the_measured_speed():
+    speed = Speed(step_s=1.0, steps_per_epoch=10, eval_s=2.0, test_s=1.0, checkpoint_s=0.5, setup_s=1.5, pictures_s=4.0)
+    # fixed: 2 set-ups 3 + final validation 2 + 2 tests 2 + pictures 4 + measuring 5 = 16 s;
+    # an epoch: 10 steps + 0.5 checkpoint + 2 validation = 12.5 s; 0.9 x 300 - 16 = 254 -> 20 epochs
+    plan = plan_epochs(300, speed, spent_s=5)
+    assert (plan.epochs, plan.eval_every) == (20, 1)
+    assert plan.planned_s == pytest.approx(16 + 20 * 12.5) and plan.planned_s <= BUDGET_FILL * 300
+    long = plan_epochs(3600, speed)  # more than 20 epochs: about 20 evaluations in all
+    assert long.eval_every > 1 and long.planned_s <= BUDGET_FILL * 3600
+    assert long.epochs // long.eval_every in range(15, 26)
+    short = plan_epochs(10, speed)
+    assert short.epochs == 1 and "does not hold one epoch" in short.reason
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h30m", 5400), ("2.5m", 150)])
+def test_budgets_read_as_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "15 minutes", "0s", "-5m", "m"])
+def test_a_budget_that_is_not_a_duration_is_one_clear_line(text):
+    with pytest.raises(ConfigError, match="--budget"):
+        parse_duration(text)
+
+
+# ---------------------------------------------------------------- the folder
+
+
+def test_scan_counts_images_sizes_and_modes_and_finds_the_unreadable_file(tmp_path):
+    summary = scan_folder(make_image_folder(tmp_path / "images"))
+    assert summary.flat and summary.classes == CLASSES
+    assert summary.counts == {"all": dict.fromkeys(CLASSES, 12)} and summary.total == 36
+    assert summary.modes == {"RGB": 18, "L": 6, "RGBA": 6, "P": 6}
+    assert [path.endswith("broken.jpg") for path, _ in summary.unreadable] == [True]
+    assert summary.train_count() == 33  # round(1.2) = 1 of each class held out
+
+
+def test_split_folders_without_val_are_refused_before_any_work(tmp_path):
+    for split in ("train", "test"):
+        make_image_folder(tmp_path / "images" / split, per_class=2, broken=False)
+    summary = scan_folder(tmp_path / "images")
+    assert not summary.flat and set(summary.counts) == {"train", "test"}
+    result = CliRunner().invoke(app, ["fit", str(tmp_path / "images"), "--epochs", "1"])
+    assert result.exit_code != 0 and "no val/" in str(result.exception)
+
+
+def test_an_unreadable_file_stops_fit_unless_skipped(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=2)
+    result = CliRunner().invoke(app, ["fit", str(folder), "--epochs", "1", "--output", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "broken.jpg" in message and "--on-bad-file skip" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):
+    folder = make_image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    budget = 60
+    args = ["fit", str(folder), "--budget", f"{budget}s", "--output", str(run), "--on-bad-file", "skip", "--quiet"]
+    result = CliRunner().invoke(app, [*args, "model.overrides.depth=1"])
+    assert result.exit_code == 0, result.output
+    assert "recipe: relvit-joint (rule small-data" in result.output and "geometry: 64 px, patch 8" in result.output
+
+    fitted = json.loads((run / "fit.json").read_text())
+    assert fitted["geometry"]["image_size"] == 64 and fitted["recipe"]["recipe"] == "relvit-joint"
+    assert fitted["planned_s"] <= 0.9 * budget
+    # within B + 20 %, unless other work on this shared machine slowed the epochs down after they were measured
+    slowdown = max(1.0, fitted["epoch_s"]["slowdown"])
+    assert fitted["seconds"]["after_decoding"] <= 1.2 * budget * slowdown, (fitted["seconds"], fitted["epoch_s"])
+    assert fitted["epochs"] >= 1 and fitted["speed"]["step_s"] > 0
+    assert (run / "export" / "model.safetensors").is_file()
+    exported = json.loads((run / "export" / "config.json").read_text())
+    assert exported["classes"] == CLASSES and exported["smallvit_preprocess"]["image_size"] == 64
+
+    report = (run / "report.md").read_text()
+    for section in ("## Data", "## Choices", "## Training", "## Results", "## Use the model"):
+        assert section in report, section
+    for text in ("| image size | 64 px |", "| recipe | `relvit-joint` |", "broken.jpg", "| circle |", "curves.png"):
+        assert text in report, text
+    pictures = [
+        "curves.png",
+        "confusion_matrix.png",
+        "worst_val_images.png",
+        "position_predictions.png",
+        "position_embedding_similarity.png",
+        "attention_distance.png",
+    ]
+    for name in pictures:
+        assert_picture(run / name)
+        assert f"]({name})" in report, name
+
+    table = tmp_path / "predictions.csv"
+    images = [str(folder / "circle"), str(folder / "square" / "broken.jpg"), str(folder / "stripes" / "00.png")]
+    result = CliRunner().invoke(app, ["predict", str(run), *images, "--top-k", "2", "--csv", str(table)])
+    assert result.exit_code == 1  # one file could not be read; the others are predicted
+    assert "cannot read" in result.output and "broken.jpg" in result.output and "1 of 14 files" in result.output
+    rows = list(csv.reader(table.open()))
+    assert rows[0] == ["path", "top1_class", "top1_probability", "top2_class", "top2_probability"]
+    assert len(rows) == 1 + 13 and rows[-1][0].endswith("stripes/00.png")
+    for row in rows[1:]:
+        assert row[1] in CLASSES and row[3] in CLASSES and row[1] != row[3]
+        assert 1 >= float(row[2]) >= float(row[4]) >= 0
+
+    from_export = tmp_path / "from_export.csv"
+    args = ["predict", str(run / "export"), str(folder / "circle"), "--csv", str(from_export)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    exported_rows = list(csv.reader(from_export.open()))[1:]
+    assert [r[:2] for r in exported_rows] == [r[:2] for r in rows[1:13]]  # the export predicts what the run does
+
+    for name in pictures[1:]:
+        (run / name).unlink()
+    result = CliRunner().invoke(app, ["plot", str(run)])
+    assert result.exit_code == 0, result.output
+    for name in pictures:
+        assert_picture(run / name)
+
+    result = CliRunner().invoke(app, ["eval", str(run), "--split", "val", "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.output)
+    assert evaluated["classes"] == CLASSES and len(evaluated["confusion_matrix"]) == 3
+    assert sum(map(sum, evaluated["confusion_matrix"])) == 3 and set(evaluated["per_class_accuracy"]) == set(CLASSES)
