@@ -62,12 +62,16 @@ def _stage(run: Path) -> Path:
 
 
 def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
-    """Train a loaded recipe into ``run_dir``; on Ctrl-C, say how to resume."""
-    from smallvit.engine.runner import run_recipe
+    """Train a loaded recipe into ``run_dir`` (a new run), or continue ``run_dir`` when ``recipe`` is None; on
+    Ctrl-C or SIGTERM, say how to resume."""
+    from smallvit.engine.runner import resume_run, run_recipe
     from smallvit.engine.trainer import Interrupted
 
     try:
-        summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
+        if recipe is None:
+            summaries = resume_run(run_dir, quiet=quiet, console=console)
+        else:
+            summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
     except (KeyboardInterrupt, Interrupted) as err:
         err_console.print(
             f"{err or 'interrupted'}: continue with `smallvit train --resume {run_dir}`",
@@ -94,23 +98,12 @@ def train(
 ) -> None:
     """Train a recipe; with --resume, continue an interrupted run."""
     from smallvit.config import load_recipe
-    from smallvit.engine.runner import new_run_dir, resume_run
+    from smallvit.engine.runner import new_run_dir
 
     if resume is not None:
         if recipe or overrides:
             raise SmallViTError("--resume continues a run with its saved config: drop the recipe and overrides")
-        from smallvit.engine.trainer import Interrupted
-
-        try:
-            _print_summary(resume_run(resume, quiet=quiet, console=console))
-        except (KeyboardInterrupt, Interrupted) as err:
-            err_console.print(
-                f"{err or 'interrupted'}: continue with `smallvit train --resume {resume}`",
-                soft_wrap=True,  # one line, so that the command can be copied
-                markup=False,
-                highlight=False,
-            )
-            raise typer.Exit(130) from None
+        _run_and_summarise(None, resume, quiet)
         return
     if recipe is None:
         raise SmallViTError("no recipe given: run `smallvit recipes` to list them, e.g. `smallvit train quickstart`")
