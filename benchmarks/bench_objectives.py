@@ -2,14 +2,16 @@
 
 Every recipe's first stage is stepped on the same fixed batch of the bundled CIFAR-10 sample (vit_lite, fp32,
 including augmentation) at each token count: 49 = 112 px / patch 16, 64 = 32 px / patch 4, 196 = 56 px / patch 4
-(the sample stored at that size). Measurements are interleaved (supervised, then each recipe, repeated) and the
-ratios are of medians, so machine noise hits all alike. Both wall-clock time and the process's CPU time are
-measured: on a machine shared with other jobs the wall-clock ratio drifts with their load (recorded before and
-after), the CPU-time ratio much less.
+(the sample stored at that size), at learning rate 0 so that every timing steps the same weights. Measurements are
+interleaved (supervised, then each recipe, repeated), each after an untimed step, and the ratios are of medians,
+so machine noise hits all alike. Both
+wall-clock time and the process's CPU time are measured, their medians and their fastest: on a machine shared with
+other jobs the wall-clock ratio drifts with their load (recorded before and after), the CPU-time ratio less (but
+with 2 threads it counts a thread's spinning while the other is descheduled; ``--threads 1`` counts work only).
 
 Targets (issue 12): RPL with 1024 sampled pairs ≤ 1.25 × supervised, RelViT-joint ≤ 1.10 ×, at batch 128.
 
-    python benchmarks/bench_objectives.py [--tokens 49 64 196] [--steps 1] [--repeats 5] [--batch-size 128] [RECIPE ...]
+    python benchmarks/bench_objectives.py [--tokens 49 64 196] [--repeats 5] [--threads N] [--note TEXT] [RECIPE ...]
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def engine_step(recipe: str, tokens: int, batch_size: int):
     torch.manual_seed(0)
     exp = build_experiment(config, torch.device("cpu"), load_init=False)
     optimizer = build_optimizer(exp.model, config)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0  # every timing steps the same weights: no drift (e.g. into denormal gradients) across repeats
     gen = torch.Generator().manual_seed(0)
     weights = objective_weights(config, 0)
     data = (exp.train_images[:batch_size], exp.train_labels[:batch_size], torch.arange(batch_size))
@@ -55,18 +59,30 @@ def engine_step(recipe: str, tokens: int, batch_size: int):
     return step
 
 
-def interleaved_seconds(steps: dict, repeats: int, count: int) -> dict[str, dict[str, float]]:
-    """Median wall-clock and CPU seconds per step of each step function, timed in turn ``repeats`` times."""
+def interleaved_seconds(steps: dict, repeats: int, count: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Median and fastest wall-clock and CPU seconds per step of each step function, timed in turn ``repeats`` times,
+    each timing after ``warmup`` untimed steps (the first step after another recipe's pays for its memory and
+    caches). The fastest is the timing least disturbed by other processes."""
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
+            for _ in range(warmup):
+                step()
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(count):
                 step()
             wall[name].append((time.perf_counter() - start_wall) / count)
             cpu[name].append((time.process_time() - start_cpu) / count)
-    return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])} for name in steps}
+    return {
+        name: {
+            "wall": statistics.median(wall[name]),
+            "cpu": statistics.median(cpu[name]),
+            "wall_min": min(wall[name]),
+            "cpu_min": min(cpu[name]),
+        }
+        for name in steps
+    }
 
 
 def main() -> None:
@@ -74,24 +90,31 @@ def main() -> None:
     parser.add_argument("recipes", nargs="*", default=DEFAULT)
     parser.add_argument("--tokens", type=int, nargs="+", choices=sorted(GEOMETRY), default=sorted(GEOMETRY))
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps per timing")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each timing")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timings per recipe; the median is kept")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--note", default="", help="what was measured (e.g. the code state), kept with the figures")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     seconds, ratios = {}, {}
     for tokens in args.tokens:
         steps = {name: engine_step(name, tokens, args.batch_size) for name in [BASELINE, *args.recipes]}
-        measured = interleaved_seconds(steps, args.repeats, args.steps)
+        measured = interleaved_seconds(steps, args.repeats, args.steps, args.warmup)
         base = measured[BASELINE]
         seconds[tokens] = {name: {k: round(v, 3) for k, v in m.items()} for name, m in measured.items()}
         ratios[tokens] = {name: {k: round(m[k] / base[k], 3) for k in m} for name, m in measured.items()}
         image_size, patch_size = GEOMETRY[tokens]
         print(f"{tokens} tokens ({image_size} px / patch {patch_size}), load {os.getloadavg()[0]:.1f}")
-        print(f"  {'recipe':<45}{'wall s':>8}{'ratio':>7}{'cpu s':>8}{'ratio':>7}")
+        print(f"  {'recipe':<42}{'wall s':>8}{'ratio':>7}{'(fastest)':>10}{'cpu s':>8}{'ratio':>7}{'(fastest)':>10}")
         for name, m in measured.items():
-            wall, cpu = ratios[tokens][name]["wall"], ratios[tokens][name]["cpu"]
-            print(f"  {name:<45}{m['wall']:>8.2f}{wall:>7.2f}{m['cpu']:>8.2f}{cpu:>7.2f}")
+            r = ratios[tokens][name]
+            print(
+                f"  {name:<42}{m['wall']:>8.2f}{r['wall']:>7.2f}{r['wall_min']:>10.2f}"
+                f"{m['cpu']:>8.2f}{r['cpu']:>7.2f}{r['cpu_min']:>10.2f}"
+            )
     figures = {
         "seconds_per_step": seconds,
         "step_time_ratio_vs_supervised": ratios,
@@ -99,8 +122,10 @@ def main() -> None:
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "warmup": args.warmup,
         "repeats": args.repeats,
         "precision": "fp32",
+        "threads": torch.get_num_threads(),
         "model": "vit_lite",
         "note": args.note,
     }
