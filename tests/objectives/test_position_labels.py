@@ -94,6 +94,8 @@ def test_chunked_rpl_loss_has_the_values_and_gradients_of_relative_position_loss
     assert torch.allclose(loss, expected, atol=1e-6)
     assert accuracy == (logits.argmax(-1) == targets).float().mean()
     assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected_grads))
+    with torch.no_grad():
+        assert torch.allclose(head.loss(tokens, targets, pairs)[0], expected, atol=1e-6)
 
 
 def test_apl_head_reads_only_its_channel_share():

@@ -187,7 +187,9 @@ class RelativePositionHead(nn.Module):
         cross-entropy computed together a chunk of pairs at a time (:class:`_ChunkedLinearCrossEntropy`)."""
         last = self.rest[-1]
         features = self._features(tokens, pairs).flatten(0, -2)
-        return _ChunkedLinearCrossEntropy.apply(features, last.weight, last.bias, targets.flatten())
+        return _ChunkedLinearCrossEntropy.apply(
+            features, last.weight, last.bias, targets.flatten(), torch.is_grad_enabled()
+        )
 
     def forward_concatenated(self, tokens: Tensor) -> Tensor:
         """The same all-pair logits computed the direct way, building the [B, N, N, D] concatenation.
@@ -215,9 +217,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     ELEMENTS_PER_CHUNK = 2**25  # 128 MB of float logits: one chunk at 49 and 64 tokens, 3 at 196
 
     @staticmethod
-    def forward(ctx, features: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx, features: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, grad_enabled: bool
+    ) -> tuple[Tensor, Tensor]:
         rows = max(1, _ChunkedLinearCrossEntropy.ELEMENTS_PER_CHUNK // len(weight))
-        want_grad = any(ctx.needs_input_grad[:3])
+        want_grad = grad_enabled and any(ctx.needs_input_grad[:3])  # (needs_input_grad ignores torch.no_grad)
         grad_features = torch.empty_like(features)
         grad_weight, grad_bias = (
             torch.zeros_like(weight, dtype=torch.float32),
@@ -247,7 +251,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, grad_hits: Tensor):
-        return tuple(grad * grad_loss for grad in ctx.saved_tensors) + (None,)
+        return tuple(grad * grad_loss for grad in ctx.saved_tensors) + (None, None)
 
 
 class AbsolutePositionLabelConfig(GridObjectiveConfig):
