@@ -222,6 +222,14 @@ def test_only_keeps_the_named_runs_and_rejects_unknown_names(tmp_path):
         plan_sweep(sweep, only=["nope"])
 
 
+def test_seed_keeps_those_seeds_in_row_order_and_rejects_unknown_seeds(tmp_path):
+    sweep = _sweep(tmp_path)
+    assert [(p.run.name, p.seed) for p in plan_sweep(sweep, seeds=[1]).runs] == [("weak", 1), ("strong", 1)]
+    assert [p.seed for p in plan_sweep(sweep, only=["strong"], seeds=[0, 1]).runs] == [0, 1]
+    with pytest.raises(ConfigError, match="--seed 7: no run"):
+        plan_sweep(sweep, seeds=[7])
+
+
 def test_runs_dir_is_relative_to_the_current_directory_and_can_be_replaced(tmp_path):
     sweep = _sweep(tmp_path, runs_dir="elsewhere/x")
     assert plan_sweep(sweep).runs[0].folder.as_posix() == "elsewhere/x/weak/seed0"

@@ -434,7 +434,8 @@ def prepare(
 
 @app.command(
     epilog="Examples:\n\n  smallvit sweep results/sweeps/legacy-20ep.yaml --dry-run"
-    "\n\n  smallvit sweep my-sweep.yaml --only weak --only strong",
+    "\n\n  smallvit sweep my-sweep.yaml --only weak --only strong"
+    "\n\n  smallvit sweep my-sweep.yaml --seed 0",
 )
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: runs (recipe + overrides) × seeds.")],
@@ -443,13 +444,14 @@ def sweep(
         Path | None, typer.Option("--runs-dir", help="Where the run folders go (default: the sweep's runs_dir).")
     ] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Only this run of the sweep (repeatable).")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Only this seed (repeatable).")] = None,
 ) -> None:
     """Train every run × seed of a sweep file, one process each, in order; rerun it to continue where it stopped."""
     import shlex
 
     from smallvit.sweep import load_sweep, plan_sweep, plan_table, plan_total, run_sweep
 
-    plan = plan_sweep(load_sweep(sweep_file), runs_dir=runs_dir, only=only)
+    plan = plan_sweep(load_sweep(sweep_file), runs_dir=runs_dir, only=only, seeds=seed)
     console.print(plan_table(plan))
     console.print(plan_total(plan))
     if dry_run:
@@ -459,6 +461,7 @@ def sweep(
     except KeyboardInterrupt:
         again = ["smallvit", "sweep", str(sweep_file), *(["--runs-dir", str(runs_dir)] if runs_dir else [])]
         again += [arg for name in only or [] for arg in ("--only", name)]
+        again += [arg for value in seed or [] for arg in ("--seed", str(value))]
         err_console.print(f"interrupted: continue with `{shlex.join(again)}`", markup=False, highlight=False)
         raise typer.Exit(130) from None
 

@@ -399,10 +399,16 @@ def plan_run(sweep: Sweep, run: SweepRun, index: int, seed: int, runs_dir: Path)
     return planned
 
 
-def plan_sweep(sweep: Sweep, runs_dir: str | Path | None = None, only: Sequence[str] | None = None) -> SweepPlan:
+def plan_sweep(
+    sweep: Sweep,
+    runs_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> SweepPlan:
     """Every (run, seed) of ``sweep`` with its status (done / partial / todo), commands left and time estimate.
 
-    ``runs_dir`` replaces the sweep's; ``only`` keeps the named runs (the estimates still learn from all of them).
+    ``runs_dir`` replaces the sweep's; ``only`` keeps the named runs and ``seeds`` those seeds (so a queue can run
+    seed 0 of every row before the other seeds); the estimates still learn from every run.
     """
     runs_dir = Path(runs_dir) if runs_dir is not None else sweep.default_runs_dir()
     names = [r.name for r in sweep.runs]
@@ -433,7 +439,10 @@ def plan_sweep(sweep: Sweep, runs_dir: str | Path | None = None, only: Sequence[
             rates[name] = (statistics.mean(everything), "sweep")
         else:
             rates[name] = (DEFAULT_IMAGES_PER_S, "default")
-    kept = [p for p in planned if not only or p.run.name in only]
+    missing = sorted(set(seeds or []) - {p.seed for p in planned})
+    if missing:
+        raise ConfigError(f"--seed {', '.join(map(str, missing))}: no run of sweep '{sweep.name}' has that seed")
+    kept = [p for p in planned if (not only or p.run.name in only) and (not seeds or p.seed in seeds)]
     return SweepPlan(sweep=sweep, runs_dir=runs_dir, runs=kept, rates=rates)
 
 
