@@ -29,10 +29,9 @@ from smallvit.data import get_dataset_info
 from smallvit.data.formats import IMAGE_SUFFIXES, DecodeMethod, decode_files
 from smallvit.data.pipeline import Augmentation, eval_augmentation
 from smallvit.engine.checkpoint import load_checkpoint
-from smallvit.engine.experiment import TrainModel, geometry, last_stage, read_run_config, resolve_device
+from smallvit.engine.experiment import build_model, geometry, last_stage, read_run_config, resolve_device
 from smallvit.errors import SmallViTError
-from smallvit.models import build_backbone, create_timm_model
-from smallvit.objectives import ObjectiveSetup, build_objective
+from smallvit.models import create_timm_model
 
 DECODE_CHUNK = 512  # images decoded at a time, so that a folder of any size fits in memory
 
@@ -88,29 +87,7 @@ def _from_run(run_dir: Path, device: torch.device, checkpoint: str) -> Predictor
         raise SmallViTError(f"{run_dir} has no data.json (the class names): export it with `smallvit export` first")
     data = json.loads(data_file.read_text())
     image_size, img_size, patch_size = geometry(config)
-    backbone = build_backbone(
-        config.model.preset,
-        img_size=img_size,
-        patch_size=patch_size,
-        in_chans=config.data.in_chans,
-        pos_embed=config.model.pos_embed,
-        cls_token=config.model.cls_token,
-        drop_path=config.model.drop_path,
-        **config.model.overrides,
-    )
-    setup = ObjectiveSetup(
-        embed_dim=backbone.embed_dim,
-        grid=backbone.grid,
-        patch_size=patch_size,
-        img_size=img_size,
-        in_chans=config.data.in_chans,
-        num_classes=len(data["classes"]),
-        num_train=data["splits"]["train"]["images"],
-        has_cls_token=backbone.has_cls_token,
-        has_pos_embed=backbone.has_pos_embed,
-        has_patch_tokens=backbone.has_patch_tokens,
-    )
-    model = TrainModel(backbone, [build_objective(o, setup) for o in config.objectives])
+    model = build_model(config, num_classes=len(data["classes"]), num_train=data["splits"]["train"]["images"])
     path = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
     if checkpoint == "best" and not path.is_file():
         path = run_dir / "checkpoints" / "last.safetensors"

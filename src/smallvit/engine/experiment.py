@@ -281,20 +281,14 @@ def load_splits(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, I
     return train_set, val_set, test_set, subset_indices
 
 
-def build_experiment(config: RunConfig, device: torch.device | None = None, load_init: bool = True) -> Experiment:
-    """Load data, build the backbone and objectives, and initialise from ``model.init_from`` if set."""
-    device = device or resolve_device(config.train.device)
-    data = config.data
-    info = get_dataset_info(data.dataset)
+def build_model(config: RunConfig, num_classes: int, num_train: int) -> TrainModel:
+    """The run's backbone and objectives (with their heads), freshly initialised, on the CPU."""
     _, img_size, patch_size = geometry(config)
-    train_set, val_set, test_set, subset_indices = load_splits(config)
-    _check_recipe(config, has_labels=train_set.labels is not None, has_val=val_set is not None)
-
     backbone = build_backbone(
         config.model.preset,
         img_size=img_size,
         patch_size=patch_size,
-        in_chans=data.in_chans,
+        in_chans=config.data.in_chans,
         pos_embed=config.model.pos_embed,
         cls_token=config.model.cls_token,
         drop_path=config.model.drop_path,
@@ -305,17 +299,29 @@ def build_experiment(config: RunConfig, device: torch.device | None = None, load
         grid=backbone.grid,
         patch_size=patch_size,
         img_size=img_size,
-        in_chans=data.in_chans,
-        num_classes=len(train_set.classes),
-        num_train=len(train_set),
+        in_chans=config.data.in_chans,
+        num_classes=num_classes,
+        num_train=num_train,
         has_cls_token=backbone.has_cls_token,
         has_pos_embed=backbone.has_pos_embed,
         has_patch_tokens=backbone.has_patch_tokens,
     )
-    model = TrainModel(backbone, [build_objective(o, setup) for o in config.objectives])
+    return TrainModel(backbone, [build_objective(o, setup) for o in config.objectives])
+
+
+def build_experiment(config: RunConfig, device: torch.device | None = None, load_init: bool = True) -> Experiment:
+    """Load data, build the backbone and objectives, and initialise from ``model.init_from`` if set."""
+    device = device or resolve_device(config.train.device)
+    data = config.data
+    info = get_dataset_info(data.dataset)
+    _, img_size, patch_size = geometry(config)
+    train_set, val_set, test_set, subset_indices = load_splits(config)
+    _check_recipe(config, has_labels=train_set.labels is not None, has_val=val_set is not None)
+
+    model = build_model(config, num_classes=len(train_set.classes), num_train=len(train_set))
     report = None
     if load_init and config.model.init_from:
-        report = load_backbone_weights(backbone, load_backbone_state(config.model.init_from))
+        report = load_backbone_weights(model.backbone, load_backbone_state(config.model.init_from))
     mean, std = info.mean[: data.in_chans], info.std[: data.in_chans]  # a 1-channel run normalises one channel
     views = {name: _with_patch_size(spec, patch_size) for name, spec in config.augment.items()}
     augment = build_augmentation(views, mean, std)
