@@ -179,13 +179,9 @@ def test_old_format_summaries_are_test_top1_without_validation(tmp_path):
 def test_the_repositorys_old_summaries_are_read():
     if not (REPO / "results" / "summaries" / "quickstart-s0.json").is_file():
         pytest.skip("results/summaries/ is not in this checkout")
-    runs = collect_runs([REPO / "results" / "summaries"])
-    rows, _ = compare_rows(runs, baseline="quickstart [legacy]")
-    row = next(r for r in rows if r.name == "quickstart [legacy]")
+    rows, _ = compare_rows(collect_runs([REPO / "results" / "summaries"]), baseline="quickstart")
+    row = next(r for r in rows if r.name == "quickstart")
     assert len(row.runs) == 2 and row.top1_mean == pytest.approx(39.75) and row.baseline
-    # the summaries hold quickstart runs under the legacy and the validation-split protocol: a bare name is ambiguous
-    with pytest.raises(SmallViTError, match="names several rows"):
-        compare_rows(runs, baseline="quickstart")
 
 
 def test_missing_paths_and_empty_folders_are_one_line_errors(tmp_path):
