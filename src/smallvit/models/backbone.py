@@ -14,47 +14,19 @@ from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
 from smallvit.models.layers import ConvTokenizer, create_timm, tokenizer_stages
-from smallvit.models.presets import PRESETS, BackboneOutput, Preset
+from smallvit.models.presets import PRESETS, BackboneOutput, Preset, TimmBackbone
 from smallvit.models.resnet import ResNetBackbone, build_resnet
 from smallvit.models.swin import SwinBackbone, build_swin
 
 __all__ = ["PRESETS", "BackboneOutput", "Preset", "ViTBackbone", "build_backbone", "no_weight_decay_names"]
 
 
-class ViTBackbone(nn.Module):
-    """A timm ``VisionTransformer`` with no classifier head and access to its tokens.
-
-    Args:
-        model: the timm model, built with ``num_classes=0``.
-        arch: timm architecture name the model was created from (for export).
-        model_args: the keyword arguments given to ``timm.create_model`` (for export and rebuilding).
-        changes: smallvit's changes to the timm architecture (``{"embed_layer": "conv_tokenizer"}``), recorded on
-            export; ``model_args`` holds only what timm itself takes.
-    """
-
-    def __init__(self, model: nn.Module, arch: str, model_args: dict, changes: dict[str, str] | None = None):
-        super().__init__()
-        self.model = model
-        self.arch = arch
-        self.model_args = dict(model_args)
-        self.changes = dict(changes or {})
-
-    @property
-    def embed_dim(self) -> int:
-        return self.model.embed_dim
+class ViTBackbone(TimmBackbone):
+    """A timm ``VisionTransformer`` with no classifier head and access to its tokens."""
 
     @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.model.patch_embed.grid_size)
-
-    @property
-    def patch_size(self) -> int:
-        """Pixels per token side: the patch size, or the conv tokenizer's stride."""
-        return self.model.patch_embed.patch_size[0]
-
-    @property
-    def img_size(self) -> int:
-        return self.model.patch_embed.img_size[0]
 
     @property
     def has_cls_token(self) -> bool:
@@ -63,10 +35,6 @@ class ViTBackbone(nn.Module):
     @property
     def has_pos_embed(self) -> bool:
         return self.model.pos_embed is not None
-
-    @property
-    def has_patch_tokens(self) -> bool:
-        return True
 
     def forward(self, images: Tensor, keep: Tensor | None = None) -> BackboneOutput:
         """Encode images; with ``keep`` [B, K] (patch indices), only those patch tokens enter the encoder (MAE)."""

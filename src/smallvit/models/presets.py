@@ -1,10 +1,10 @@
-"""The preset registry and the output every backbone returns, shared by the ViT, Swin and CNN builders."""
+"""The preset registry, the output every backbone returns and the base class of the ViT, Swin and CNN backbones."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,41 @@ class BackboneOutput:
     pooled: Tensor
     patch_tokens: Tensor | None
     grid: tuple[int, int]
+
+
+class TimmBackbone(nn.Module):
+    """A timm model built with ``num_classes=0`` behind smallvit's forward (``BackboneOutput``); subclasses add the
+    forward and what differs per family.
+
+    Args:
+        model: the timm model (its parameter names stay timm's, so the state dict loads in timm).
+        arch: timm architecture name the model was created from (for export).
+        model_args: the keyword arguments given to ``timm.create_model`` (for export and rebuilding).
+        changes: smallvit's changes to the timm architecture (``{"embed_layer": "conv_tokenizer"}``), recorded on
+            export; ``model_args`` holds only what timm itself takes.
+    """
+
+    has_cls_token: bool = False
+    has_pos_embed: bool = False
+    has_patch_tokens: bool = True
+
+    def __init__(self, model: nn.Module, arch: str, model_args: dict, changes: dict[str, str] | None = None):
+        super().__init__()
+        self.model = model
+        self.arch = arch
+        self.model_args = dict(model_args)
+        self.changes = dict(changes or {})
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the pooled feature and of the final tokens."""
+        return self.model.num_features
+
+    @property
+    def patch_size(self) -> int:
+        """Pixels per token side: the patch size (a ViT's conv tokenizer: its stride)."""
+        return self.model.patch_embed.patch_size[0]
+
+    @property
+    def img_size(self) -> int:
+        return self.model.patch_embed.img_size[0]

@@ -12,31 +12,22 @@ from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
 from smallvit.models.layers import create_timm
-from smallvit.models.presets import BackboneOutput, Preset
+from smallvit.models.presets import BackboneOutput, Preset, TimmBackbone
 
 
-class ResNetBackbone(nn.Module):
-    """A timm ``ResNet`` with no classifier, returning its pooled final feature.
+class ResNetBackbone(TimmBackbone):
+    """A timm ``ResNet`` with no classifier, returning its pooled final feature (``model`` stays timm's, for
+    ``group_matcher``). ``img_size``: input resolution in pixels (square); ``changes``: ``{"stem": "cifar"}``."""
 
-    Args:
-        model: the timm model, built with ``num_classes=0`` (``model`` stays timm's, for ``group_matcher``).
-        arch: timm architecture name the model was created from (for export).
-        model_args: the keyword arguments given to ``timm.create_model`` (for export and rebuilding).
-        img_size: input resolution in pixels (square).
-        changes: smallvit's changes to the timm architecture (``{"stem": "cifar"}``), recorded on export.
-    """
+    has_patch_tokens = False
 
     def __init__(self, model: nn.Module, arch: str, model_args: dict, img_size: int, changes: dict[str, str]):
-        super().__init__()
-        self.model = model
-        self.arch = arch
-        self.model_args = dict(model_args)
-        self.img_size = img_size
-        self.changes = dict(changes)
+        super().__init__(model, arch, model_args, changes)
+        self._img_size = img_size
 
     @property
-    def embed_dim(self) -> int:
-        return self.model.num_features
+    def img_size(self) -> int:
+        return self._img_size
 
     @property
     def patch_size(self) -> int:
@@ -48,18 +39,6 @@ class ResNetBackbone(nn.Module):
         """Final feature map size: every stride-2 stage rounds up (3x3 convolutions with padding 1)."""
         side = -(-self.img_size // self.patch_size)
         return side, side
-
-    @property
-    def has_cls_token(self) -> bool:
-        return False
-
-    @property
-    def has_pos_embed(self) -> bool:
-        return False
-
-    @property
-    def has_patch_tokens(self) -> bool:
-        return False
 
     def forward(self, images: Tensor, keep: Tensor | None = None) -> BackboneOutput:
         """Encode images; ``keep`` (token subsets, MAE) is not possible with a CNN."""

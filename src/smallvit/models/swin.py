@@ -19,7 +19,7 @@ from timm.layers import to_2tuple
 from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
-from smallvit.models.presets import BackboneOutput, Preset
+from smallvit.models.presets import BackboneOutput, Preset, TimmBackbone
 
 
 def remove_position_bias(model: nn.Module) -> None:
@@ -39,42 +39,23 @@ def stage_grids(grid: tuple[int, int], num_stages: int) -> list[tuple[int, int]]
     return [(grid[0] // 2**i, grid[1] // 2**i) for i in range(num_stages)]
 
 
-class SwinBackbone(nn.Module):
+class SwinBackbone(TimmBackbone):
     """A timm ``SwinTransformer`` with no classifier head, returning its final-stage tokens.
 
-    Args:
-        model: the timm model, built with ``num_classes=0``.
-        arch: timm architecture name the model was created from (for export).
-        model_args: the keyword arguments given to ``timm.create_model`` (for export and rebuilding).
-        relative_position_bias: ``False`` zeroes and freezes every relative position bias table.
+    ``relative_position_bias=False`` zeroes and freezes every relative position bias table (the other arguments are
+    :class:`~smallvit.models.presets.TimmBackbone`'s).
     """
 
     def __init__(self, model: nn.Module, arch: str, model_args: dict, relative_position_bias: bool = True):
-        super().__init__()
-        self.model = model
-        self.arch = arch
-        self.model_args = dict(model_args)
+        super().__init__(model, arch, model_args)
         self.relative_position_bias = relative_position_bias
         if not relative_position_bias:
             remove_position_bias(model)
             model.register_load_state_dict_post_hook(_remove_position_bias_after_load)
 
     @property
-    def embed_dim(self) -> int:
-        """Width of the final-stage tokens."""
-        return self.model.num_features
-
-    @property
     def num_stages(self) -> int:
         return len(self.model.layers)
-
-    @property
-    def patch_size(self) -> int:
-        return self.model.patch_embed.patch_size[0]
-
-    @property
-    def img_size(self) -> int:
-        return self.model.patch_embed.img_size[0]
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -82,16 +63,8 @@ class SwinBackbone(nn.Module):
         return stage_grids(tuple(self.model.patch_embed.grid_size), self.num_stages)[-1]
 
     @property
-    def has_cls_token(self) -> bool:
-        return False
-
-    @property
     def has_pos_embed(self) -> bool:
         return self.relative_position_bias
-
-    @property
-    def has_patch_tokens(self) -> bool:
-        return True
 
     def forward(self, images: Tensor, keep: Tensor | None = None) -> BackboneOutput:
         """Encode images; ``keep`` (token subsets, MAE) is not possible with windowed attention."""
