@@ -3,6 +3,7 @@ one run end to end on a tiny generated folder — fit, then predict, plot and ev
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+import smallvit.fit as fit
 from smallvit.cli import app
+from smallvit.data import load_dataset, split_validation
+from smallvit.engine.experiment import content_digest, read_run_config
 from smallvit.errors import ConfigError, DataError
 from smallvit.fit import (
     BUDGET_FILL,
@@ -125,6 +129,8 @@ def test_epochs_fill_the_budget_from_the_measured_speed():
     assert long.epochs // long.eval_every in range(15, 26)
     short = plan_epochs(10, speed)
     assert short.epochs == 1 and "does not hold one epoch" in short.reason
+    # training stops at the budget less fixed, one step and one checkpoint (at least a moment: one step is trained)
+    assert (plan.time_limit_s, long.time_limit_s, short.time_limit_s) == (282.5, 3600 - 11 - 1.5, 0.01)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h30m", 5400), ("2.5m", 150)])
@@ -150,13 +156,51 @@ def test_scan_counts_images_sizes_and_modes_and_finds_the_unreadable_file(tmp_pa
     assert summary.train_count() == 33  # round(1.2) = 1 of each class held out
 
 
-def test_split_folders_without_val_are_refused_before_any_work(tmp_path):
-    for split in ("train", "test"):
-        make_image_folder(tmp_path / "images" / split, per_class=2, broken=False)
-    summary = scan_folder(tmp_path / "images")
-    assert not summary.flat and set(summary.counts) == {"train", "test"}
-    result = CliRunner().invoke(app, ["fit", str(tmp_path / "images"), "--epochs", "1"])
-    assert result.exit_code != 0 and "no val/" in str(result.exception)
+def _split_folder(root: Path, train_per_class: int = 12, test_per_class: int = 2) -> Path:
+    """``root/{train,test}/<class>/<image>``, no ``val/``; circle keeps 7 training images, the others 12."""
+    make_image_folder(root / "train", per_class=train_per_class, broken=False)
+    make_image_folder(root / "test", per_class=test_per_class, seed=1, broken=False)
+    for path in sorted((root / "train" / "circle").iterdir())[: max(train_per_class - 7, 0)]:
+        path.unlink()
+    return root
+
+
+def test_split_folders_without_val_hold_out_a_seeded_val_split_of_each_train_class(tmp_path):
+    folder = _split_folder(tmp_path / "images")
+    summary = scan_folder(folder)
+    assert summary.carves_val and summary.counts["train"] == {"circle": 7, "square": 12, "stripes": 12}
+    assert summary.train_count(0.25) == 5 + 9 + 9  # round(1.75) = 2 and 3 of each class held out
+    run = tmp_path / "run"
+    args = ["fit", str(folder), "--epochs", "1", "--output", str(run), "--quiet", "model.overrides.depth=1"]
+    result = CliRunner().invoke(app, [*args, "data.val_fraction=0.25", "data.val_seed=3"])
+    assert result.exit_code == 0, result.output
+    said = "validation: no val/ folder: 25 % of each class of train/ held out at random with seed 3"
+    assert said in " ".join(result.output.split())  # the console wraps long lines
+
+    splits = json.loads((run / "data.json").read_text())["splits"]
+    assert splits["val"]["name"] == "train[val 0.25]" and splits["val"]["per_class"] == [2, 3, 3]
+    assert splits["train"]["per_class"] == [5, 9, 9] and splits["test"]["per_class"] == [2, 2, 2]
+    config = read_run_config(run)
+    whole = load_dataset("imagefolder", "train", root=folder, image_size=config.data.image_size, decode="draft")
+    _, held_out = split_validation(whole.labels, 0.25, seed=3)
+    assert splits["val"]["sha256"] == content_digest(whole.images[held_out], whole.labels[held_out])
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tests = [record for record in records if record["kind"] == "test"]
+    assert len(tests) == 1 and tests[0] is records[-1]  # the test split: evaluated once, at the end
+    assert not any(key.startswith("test/") for record in records[:-1] for key in record)
+    assert json.loads((run / "fit.json").read_text())["validation"].startswith("no val/ folder: 25 %")
+    report = (run / "report.md").read_text()
+    assert "| class | train | test | trained | val, held out of train/ |" in report
+    assert "| circle | 7 | 2 | 5 | 2 |" in report and "| stripes | 12 | 2 | 9 | 3 |" in report
+    assert f"| validation | {said.removeprefix('validation: ')}" in report
+
+
+def test_a_train_folder_too_small_to_hold_out_validation_is_one_clear_line(tmp_path):
+    folder = _split_folder(tmp_path / "images", train_per_class=1, test_per_class=1)
+    result = CliRunner().invoke(app, ["fit", str(folder), "--epochs", "1", "--output", str(tmp_path / "run")])
+    message = str(result.exception)
+    assert result.exit_code != 0 and "holds out no image of split 'train'" in message and "\n" not in message
 
 
 def test_an_unreadable_file_stops_fit_unless_skipped(tmp_path):
@@ -168,6 +212,35 @@ def test_an_unreadable_file_stops_fit_unless_skipped(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end
+
+
+def test_a_fit_slower_than_measured_stops_on_its_time_limit_and_ends_within_the_budget(tmp_path, monkeypatch):
+    measure_speed = fit.measure_speed
+
+    def measured_before_the_machine_slowed_down(*args, **kwargs):  # steps then run 10x slower than measured
+        speed = measure_speed(*args, **kwargs)
+        return replace(speed, step_s=speed.step_s / 10)
+
+    monkeypatch.setattr(fit, "measure_speed", measured_before_the_machine_slowed_down)
+    folder, run, budget = make_image_folder(tmp_path / "images", per_class=8, broken=False), tmp_path / "run", 8
+    args = ["fit", str(folder), "--budget", f"{budget}s", "--output", str(run), "--quiet", "model.overrides.depth=1"]
+    result = CliRunner().invoke(app, [*args, "train.batch_size=4"])  # 5 steps an epoch
+    assert result.exit_code == 0, result.output
+
+    fitted, summary = (json.loads((run / name).read_text()) for name in ("fit.json", "summary.json"))
+    assert fitted["stopped_on_time_limit"] and summary["time_limit"]["stopped"]
+    assert (
+        summary["time_limit"]["limit_s"] == fitted["time_limit_s"] and "train.time_limit_s" in fitted["epochs_reason"]
+    )
+    assert summary["epochs"] == fitted["epochs"] > summary["epochs_run"] == fitted["epochs_run"] > 0
+    assert (run / "checkpoints" / "last.safetensors").is_file() and (run / "export" / "model.safetensors").is_file()
+    # the loop ends after the step that reaches the limit, a validation pass and a checkpoint; the seconds are the
+    # summary's (fit's own clock excludes decoding), + 3 s for this test's tiny budget on a loaded machine
+    assert summary["training_s"] == fitted["seconds"]["training_loop"] <= fitted["time_limit_s"] + 3
+    assert fitted["seconds"]["after_decoding"] <= 1.2 * budget + 3
+    report = (run / "report.md").read_text()
+    assert f"of {fitted['epochs']} planned epochs (stopped on its time limit of {fitted['time_limit_s']:g} s)" in report
+    assert "s of training (steps, validation, checkpoints)" in report and "ended above its minimum" in report
 
 
 def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):

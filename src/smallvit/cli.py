@@ -37,6 +37,8 @@ RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run folders are
 
 def _print_summary(summaries: list[dict]) -> None:
     """One panel per stage: final accuracy, best checkpoint, speed and where the run folder is."""
+    from smallvit.engine.trainer import epochs_text
+
     for s in summaries:
         final = s.get("final", {})
         lines = [f"{k}: {v:.4f}" for k, v in final.items() if k.endswith(("acc1", "acc5"))]
@@ -44,7 +46,7 @@ def _print_summary(summaries: list[dict]) -> None:
         if best.get("value") is not None:
             lines.append(f"best {best['metric']} = {best['value']:.4f} at epoch {best.get('epoch')}")
         lines.append(
-            f"{s.get('epochs')} epochs in {s.get('wall_clock_s', 0):.0f} s, {s.get('images_per_s') or 0:.0f} images/s "
+            f"{epochs_text(s)} in {s.get('wall_clock_s', 0):.0f} s, {s.get('images_per_s') or 0:.0f} images/s "
             f"on {s.get('device')} ({s.get('precision')})"
         )
         lines.append(f"run folder: {s.get('run_dir')}")
@@ -264,7 +266,11 @@ def export(
 def fit(
     folder: Annotated[Path, typer.Argument(help="FOLDER/<class>/<image>, or FOLDER/{train,val,test}/<class>/<image>.")],
     budget: Annotated[
-        str, typer.Option(help="Time for everything after decoding the images once: 90s, 15m, 1h30m.")
+        str,
+        typer.Option(
+            help="Time for everything after decoding the images once: 90s, 15m, 1h30m. Training that runs slower "
+            "than measured stops early (train.time_limit_s)."
+        ),
     ] = "15m",
     epochs: Annotated[int | None, typer.Option(help="Train this many epochs instead of filling --budget.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -284,6 +290,7 @@ def fit(
 ) -> None:
     """Train the best model this folder of images can give: size, patch, recipe and epochs chosen from the data and
     the budget (each choice and why printed and kept in report.md), then evaluate, export and explain it."""
+    from smallvit.engine.trainer import epochs_text
     from smallvit.fit import fit_folder, parse_duration
 
     if on_bad_file not in ("error", "skip"):
@@ -310,7 +317,7 @@ def fit(
         if result.slowdown and result.after_decoding_s > result.budget_s:
             spent += f", epochs {result.slowdown:.1f}x slower than measured"
     lines += [
-        f"{run.get('epochs')} epochs of {result.recipe.recipe} at {result.geometry.image_size} px / patch "
+        f"{epochs_text(run)} of {result.recipe.recipe} at {result.geometry.image_size} px / patch "
         f"{result.geometry.patch_size}; {spent}; decoding {result.decode_s:.0f} s",
         f"report: {result.run_dir / 'report.md'}",
         f"export: {result.export_dir}",

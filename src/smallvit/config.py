@@ -64,14 +64,19 @@ class DataConfig(Strict):
     """Which images train, which choose (validation) and which are only reported (test).
 
     Every tuning decision — the best checkpoint, early comparisons, objective weights — reads the validation split:
-    the dataset's own (``val_split``, default: the dataset's, e.g. cifar10-sample ``val``), else ``val_fraction`` of
-    each training class held out with ``val_seed``. The test split is evaluated once, at the end of a stage.
+    the dataset's own (``val_split``, default: the dataset's, e.g. cifar10-sample ``val``), else — also with
+    ``val_split: none`` — ``val_fraction`` of each training class held out with ``val_seed``. The test split is
+    evaluated once, at the end of a stage.
     """
 
     dataset: str = "cifar10-sample"
     root: str | None = None
     train_split: str = "train"
-    val_split: str | None = Field(None, description="None: the dataset's own validation split, else carved")
+    val_split: str | None = Field(
+        None,
+        description="None: the dataset's own validation split, else carved; 'none': carved even when the dataset "
+        "has one (an image folder without val/)",
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held out per class when there is no val split")
     val_seed: int = 0
     test_split: str | None = Field(None, description="None: the dataset's test split; 'none': no test evaluation")
@@ -236,6 +241,13 @@ class TrainConfig(Strict):
     )
     seed: int = Field(0, ge=0, lt=2**32, description="seeds the weights, data order, augmentation and drop path")
     device: str = "auto"
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="seconds of training (the loop: steps, validation, checkpoints; not loading the data or the final "
+        "test) after which the run stops at the end of its step, evaluates, checkpoints and writes its summary; the "
+        "learning-rate schedule still follows train.epochs; None: no limit",
+    )
 
 
 class RunConfig(Strict):

@@ -13,9 +13,11 @@
    per-class accuracy, the confusion matrix and the worst-classified validation images.
 
 ``--budget B`` covers everything after decoding (measuring, training, evaluation, pictures, export, report): epochs
-are planned to fill 90 % of it, so that a machine that slows down by a fifth still ends within B + 20 %. The epoch
-count is fixed before training (the learning-rate schedule depends on it), so a machine that slows down more during
-the run ends later; ``fit.json`` and the report then give the epoch time measured against the one planned.
+are planned to fill 90 % of it, and ``train.time_limit_s`` is set to the share of B left for the training loop, so
+that a machine that slows down during the run stops training early (after the step that reaches the limit, with its
+evaluation, checkpoint and summary) and still ends within B + 20 %. The learning-rate schedule stays the one planned
+for the epoch count; ``fit.json`` and the report give the planned and the trained epochs and the epoch time measured
+against the one planned.
 """
 
 from __future__ import annotations
@@ -36,13 +38,21 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from smallvit.config import RunConfig, load_recipe
+from smallvit.config import DataConfig, RunConfig, load_recipe
+from smallvit.data import split_validation
 from smallvit.data.formats import IMAGE_SUFFIXES
 from smallvit.data.loader import InMemoryLoader
 from smallvit.engine.checkpoint import optimizer_to_flat, prefixed, save_checkpoint
 from smallvit.engine.experiment import build_experiment, load_splits
 from smallvit.engine.runner import new_run_dir, run_recipe
-from smallvit.engine.trainer import build_optimizer, evaluate, objective_weights, optimizer_step, resolve_precision
+from smallvit.engine.trainer import (
+    build_optimizer,
+    epochs_text,
+    evaluate,
+    objective_weights,
+    optimizer_step,
+    resolve_precision,
+)
 from smallvit.errors import ConfigError, DataError
 from smallvit.runs import export_run
 
@@ -188,6 +198,7 @@ class EpochPlan:
     eval_every: int
     planned_s: float  # everything after decoding, as planned
     epoch_s: float  # one epoch, as planned
+    time_limit_s: float  # train.time_limit_s: the budget less everything outside the training loop and a stop's tail
     reason: str
 
 
@@ -197,7 +208,12 @@ def plan_epochs(budget_s: float, speed: Speed, spent_s: float = 0.0) -> EpochPla
     Planned cost = ``spent_s`` (measuring) + fixed + epochs x per epoch, where per epoch = steps x step + checkpoint
     + one validation pass every ``eval_every`` epochs (every epoch up to 20 epochs, then about 20 evaluations in all),
     and fixed = two set-ups (training, export) + the final validation pass + two test passes (final and best
-    weights) + the pictures. At least one epoch, even when that exceeds the budget (the reason says so).
+    weights) + the pictures. At least one epoch is planned, even when that exceeds the budget (the reason says so).
+
+    The time limit (``train.time_limit_s``) is ``budget_s`` - fixed - one step - one checkpoint: a loop stopped at it
+    (after the step that reaches it, then the final validation pass and the checkpoint) leaves fixed's other parts
+    time within the budget. Planned epochs end at 90 % of the budget, so the limit stops a run slower than measured,
+    or one whose budget does not hold one epoch (after at least one step).
     """
     fixed = 2 * speed.setup_s + speed.eval_s + 2 * speed.test_s + speed.pictures_s + spent_s
     available = BUDGET_FILL * budget_s - fixed
@@ -211,16 +227,23 @@ def plan_epochs(budget_s: float, speed: Speed, spent_s: float = 0.0) -> EpochPla
         epochs = max(int(available // per_epoch(eval_every)), 1)
         eval_every = max(1, round(epochs / 20))
     planned = fixed + epochs * per_epoch(eval_every)
+    time_limit = round(max(budget_s - fixed - speed.step_s - speed.checkpoint_s, 0.01), 2)
     reason = (
         f"{speed.step_s:.2f} s a step x {speed.steps_per_epoch} steps + {speed.checkpoint_s:.2f} s checkpoint + "
         f"{speed.eval_s:.2f} s validation every {eval_every} epoch(s) = {per_epoch(eval_every):.1f} s an epoch; "
         f"{fixed:.0f} s fixed (measuring, set-ups, final evaluations, pictures)"
     )
     if available < per_epoch(eval_every):
-        reason += f"; the budget of {budget_s:.0f} s does not hold one epoch, so 1 epoch is trained ({planned:.0f} s)"
+        reason += (
+            f"; the budget of {budget_s:.0f} s does not hold one epoch ({planned:.0f} s): 1 epoch is planned and "
+            f"training stops at {time_limit:g} s (train.time_limit_s)"
+        )
     else:
-        reason += f"; planned {planned:.0f} s of the {budget_s:.0f} s budget"
-    return EpochPlan(epochs, eval_every, planned, per_epoch(eval_every), reason)
+        reason += (
+            f"; planned {planned:.0f} s of the {budget_s:.0f} s budget; training stops at {time_limit:g} s "
+            "(train.time_limit_s) if it runs slower than measured"
+        )
+    return EpochPlan(epochs, eval_every, planned, per_epoch(eval_every), time_limit, reason)
 
 
 def parse_duration(text: str) -> float:
@@ -259,11 +282,21 @@ class FolderSummary:
     def total(self) -> int:
         return sum(sum(per_class.values()) for per_class in self.counts.values())
 
+    @property
+    def carves_val(self) -> bool:
+        """Split folders without ``val/``: validation is held out of ``train/`` (``data.val_split=none``)."""
+        return not self.flat and "val" not in self.counts
+
     def train_count(self, val_fraction: float = 0.1) -> int:
-        """Training images after the validation split is held out (flat folders: ``val_fraction`` of each class)."""
+        """Training images after the validation split is held out (flat folders and split folders without ``val/``:
+        ``val_fraction`` of each class, as the imagefolder dataset and the engine hold it out)."""
         if self.flat:
             return sum(n - round(val_fraction * n) for n in self.counts["all"].values())
-        return sum(self.counts.get("train", {}).values())
+        train = self.counts.get("train", {})
+        if self.carves_val:
+            labels = torch.repeat_interleave(torch.arange(len(train)), torch.tensor(list(train.values())))
+            return len(split_validation(labels, val_fraction)[0])
+        return sum(train.values())
 
     def to_json(self) -> dict:
         sides = [min(size) for size in self.sizes]
@@ -465,6 +498,8 @@ class FitResult:
     epochs_reason: str
     budget_s: float | None
     overrides: list[str]
+    validation: str = ""
+    time_limit_s: float | None = None
     decode_s: float = 0.0
     measure_s: float = 0.0
     train_s: float = 0.0
@@ -483,9 +518,13 @@ class FitResult:
 
     @property
     def actual_epoch_s(self) -> float | None:
-        """One epoch as it ran: the training loop's wall-clock time over its epochs."""
-        wall, epochs = self.run_summary.get("wall_clock_s"), self.run_summary.get("epochs")
-        return wall / epochs if wall and epochs else None
+        """One epoch as it ran: the training loop's time over the epochs it trained."""
+        seconds, epochs = self.run_summary.get("training_s"), self.run_summary.get("epochs_run")
+        return seconds / epochs if seconds and epochs else None
+
+    @property
+    def stopped_on_time_limit(self) -> bool:
+        return bool((self.run_summary.get("time_limit") or {}).get("stopped"))
 
     @property
     def slowdown(self) -> float | None:
@@ -505,8 +544,12 @@ class FitResult:
             "geometry": asdict(self.geometry),
             "recipe": asdict(self.recipe),
             "epochs": self.epochs,
+            "epochs_run": self.run_summary.get("epochs_run"),
             "epochs_reason": self.epochs_reason,
+            "validation": self.validation,
             "budget_s": self.budget_s,
+            "time_limit_s": self.time_limit_s,
+            "stopped_on_time_limit": self.stopped_on_time_limit,
             "planned_s": self.planned_s,
             "epoch_s": {"planned": self.planned_epoch_s, "actual": self.actual_epoch_s, "slowdown": self.slowdown},
             "speed": asdict(self.speed) if self.speed else None,
@@ -515,6 +558,7 @@ class FitResult:
                 "decoding": round(self.decode_s, 1),
                 "measuring": round(self.measure_s, 1),
                 "training": round(self.train_s, 1),
+                "training_loop": self.run_summary.get("training_s"),
                 "export_and_report": round(self.report_s, 1),
                 "after_decoding": round(self.after_decoding_s, 1),
             },
@@ -531,6 +575,7 @@ def fit_overrides(summary: FolderSummary, geometry: Geometry, device: str, on_ba
         f"data.in_chans={geometry.in_chans}",
         f"data.on_bad_file={on_bad_file}",
         f"data.test_split={'test' if 'test' in summary.counts else 'none'}",
+        *(["data.val_split=none"] if summary.carves_val else []),  # held out of train/ (data.val_fraction)
         f"model.patch_size={geometry.patch_size}",
         f"augment.main.ops.0.padding={geometry.patch_size}",  # random crop: shift by up to one patch, as at 32 px / 4
         f"train.device={device}",
@@ -539,17 +584,24 @@ def fit_overrides(summary: FolderSummary, geometry: Geometry, device: str, on_ba
     return overrides
 
 
+def validation_source(summary: FolderSummary, data: DataConfig) -> str:
+    """Where the validation images (which choose the exported checkpoint) come from, in words."""
+    if summary.flat:
+        return "10 % of each class held out at random with seed 0 (the imagefolder dataset's split)"
+    if summary.carves_val:
+        return (
+            f"no val/ folder: {100 * data.val_fraction:g} % of each class of train/ held out at random with seed "
+            f"{data.val_seed} (data.val_fraction, data.val_seed)"
+        )
+    return "the folder's val/ split"
+
+
 def _check_folder(summary: FolderSummary, on_bad_file: str) -> None:
     if summary.unreadable and on_bad_file == "error":
         path, why = summary.unreadable[0]
         raise DataError(
             f"{len(summary.unreadable)} unreadable image file(s) in {summary.folder}, the first {path} ({why}): "
             "remove them, or pass --on-bad-file skip to leave them out"
-        )
-    if not summary.flat and "val" not in summary.counts:
-        raise DataError(
-            f"{summary.folder} has split folders but no val/: add {summary.folder}/val/<class>/<image> (images that "
-            f"choose the checkpoint), or put train/'s class folders directly in {summary.folder} to hold out 10 %"
         )
     empty = [name for name, n in (summary.counts.get("train") or summary.counts["all"]).items() if n == 0]
     if empty:
@@ -595,6 +647,8 @@ def fit_folder(
     overrides = [*fit_overrides(summary, geometry, device, on_bad_file), *overrides]
     loaded = load_recipe(recipe.recipe, [*overrides, "train.epochs=1"])
     config = loaded.stages[0]
+    validation = validation_source(summary, config.data)
+    console.print(f"validation: {validation}", **say)
 
     started = time.perf_counter()
     load_splits(config)  # decode every split once, into the cache the run then reads
@@ -602,20 +656,22 @@ def fit_folder(
     console.print(f"decoded the images in {decode_s:.1f} s (not counted in the budget)", **say)
 
     result = FitResult(run_dir, summary, geometry, recipe, 0, "", budget_s if epochs is None else None, overrides)
-    result.decode_s = decode_s
+    result.decode_s, result.validation = decode_s, validation
     started = time.perf_counter()
     if epochs is None:
         speed = measure_speed(config, run_dir, seconds=min(2.0, 0.03 * budget_s))
         result.measure_s = time.perf_counter() - started
         plan = plan_epochs(budget_s, speed, spent_s=result.measure_s)
         result.speed, result.planned_s, result.planned_epoch_s = speed, plan.planned_s, plan.epoch_s
-        result.epochs, eval_every = plan.epochs, plan.eval_every
+        result.epochs, eval_every, result.time_limit_s = plan.epochs, plan.eval_every, plan.time_limit_s
         result.epochs_reason = f"--budget {budget_s:.0f} s: {plan.reason}"
     else:
         result.epochs, eval_every = epochs, max(1, round(epochs / 20))
         result.epochs_reason = f"--epochs {epochs}"
     console.print(f"epochs: {result.epochs} ({result.epochs_reason})", **say)
     result.overrides = [*overrides, f"train.epochs={result.epochs}", f"train.eval_every={eval_every}"]
+    if result.time_limit_s is not None:
+        result.overrides.append(f"train.time_limit_s={result.time_limit_s}")
     (run_dir / "fit.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
     started = time.perf_counter()
@@ -688,16 +744,21 @@ def write_report(result: FitResult) -> Path:
         )
     lines += [headline + ".", ""]
 
-    lines += ["## Data", "", "| class | " + " | ".join(summary.counts) + " |", "|---|" + "---|" * len(summary.counts)]
+    splits = run.get("provenance", {}).get("splits", {})
+    columns = dict(summary.counts)
+    if summary.carves_val and "val" in splits:  # as trained: train/ less the validation images held out of it
+        for role, heading in (("train", "trained"), ("val", "val, held out of train/")):
+            columns[heading] = dict(zip(summary.classes, splits[role]["per_class"]))
+    lines += ["## Data", "", "| class | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in summary.classes:
-        lines.append(f"| {name} | " + " | ".join(str(summary.counts[s][name]) for s in summary.counts) + " |")
+        lines.append(f"| {name} | " + " | ".join(str(counts[name]) for counts in columns.values()) + " |")
     lines += [""] + [f"- {line}" for line in summary_lines(summary, unreadable=False)]
+    lines.append(f"- validation: {result.validation}")
     if summary.unreadable:
         lines.append(f"- unreadable files, left out ({len(summary.unreadable)}):")
         lines += [f"  - `{path}`: {why}" for path, why in summary.unreadable[:20]]
     if (run_dir / "skipped_files.txt").is_file():
         lines.append("- every file left out while decoding: `skipped_files.txt`")
-    splits = run.get("provenance", {}).get("splits", {})
     if splits:
         sizes = ", ".join(f"{role} {info['images']}" for role, info in splits.items())
         lines.append(f"- images per split as trained: {sizes}")
@@ -705,11 +766,6 @@ def write_report(result: FitResult) -> Path:
     lines.append(f"- decoding: {result.decode_s:.1f} s ({decode}), not counted in the budget")
     lines.append("")
 
-    validation = (
-        "the folder's val/ split"
-        if not summary.flat
-        else "10 % of each class held out at random with seed 0 (the imagefolder dataset's split)"
-    )
     lines += [
         "## Choices",
         "",
@@ -719,8 +775,8 @@ def write_report(result: FitResult) -> Path:
         f"| patch size | {geometry.patch_size} px | {geometry.patch_reason} |",
         f"| channels | {geometry.in_chans} | {geometry.channels_reason} |",
         f"| recipe | `{result.recipe.recipe}` | rule `{result.recipe.rule}`: {result.recipe.reason} |",
-        f"| epochs | {result.epochs} | {result.epochs_reason} |",
-        f"| validation | {validation} | chooses the best checkpoint, which is exported |",
+        f"| epochs | {result.epochs} planned | {result.epochs_reason} |",
+        f"| validation | {result.validation} | chooses the best checkpoint, which is exported |",
         f"| test | {'test/' if has_test else 'none'} | {'reported once, chooses nothing' if has_test else 'none'} |",
         f"| augmentation | random crop (padding {geometry.patch_size} px = one patch) + flip | the recipe's, shifted "
         "by up to one patch at every size as at 32 px / patch 4 |",
@@ -734,8 +790,8 @@ def write_report(result: FitResult) -> Path:
     lines += [
         "## Training",
         "",
-        f"- {run.get('epochs')} epochs in {result.train_s:.0f} s, {run.get('images_per_s') or 0:.0f} training "
-        f"images/s on {run.get('device')} ({run.get('precision')})",
+        f"- {epochs_text(run)}: {run.get('training_s') or 0:.0f} s of training (steps, validation, checkpoints), "
+        f"{run.get('images_per_s') or 0:.0f} training images/s on {run.get('device')} ({run.get('precision')})",
         f"- after decoding: {result.after_decoding_s:.0f} s{budget} (measuring {result.measure_s:.0f} s, training "
         f"{result.train_s:.0f} s, export and report {result.report_s:.0f} s)"
         + (f"; planned {result.planned_s:.0f} s" if result.planned_s else "")
@@ -743,6 +799,14 @@ def write_report(result: FitResult) -> Path:
             f"; epochs ran at {result.slowdown:.2f}x the measured time (other work on the machine)"
             if result.slowdown and result.slowdown > 1.1
             else ""
+        ),
+        *(
+            [
+                f"- the time limit stopped training after {run.get('epochs_run'):.3g} of {result.epochs} epochs; the "
+                f"learning-rate schedule was planned for {result.epochs} epochs, so it ended above its minimum"
+            ]
+            if result.stopped_on_time_limit
+            else []
         ),
         "",
         "![loss and accuracy curves](curves.png)",

@@ -41,6 +41,9 @@ def test_objective_specific_fields_survive_serialisation():
         ("model.bogus=1", "unknown key 'model.bogus'"),
         ("epochs", "is not key=value"),
         ("objectives.5.weight=1", "not an index below 1"),
+        ("train.time_limit_s=0", "train.time_limit_s=0: Input should be greater than 0"),
+        ("train.time_limit_s=-5", "train.time_limit_s=-5: Input should be greater than 0"),
+        ("train.time_limit_s=.inf", "train.time_limit_s=inf: Input should be a finite number"),
     ],
 )
 def test_bad_overrides_fail_with_one_line(override, message):

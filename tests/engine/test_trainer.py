@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from rich.console import Console
 
 import smallvit.engine.trainer as trainer
@@ -17,7 +18,10 @@ from smallvit.data.batch import Batch
 from smallvit.data.pipeline import ViewSpec
 from smallvit.engine.checkpoint import load_checkpoint
 from smallvit.engine.experiment import build_experiment, read_run_config, resolve_device
+from smallvit.engine.runner import resume_run
+from smallvit.engine.schedules import warmup_cosine
 from smallvit.engine.trainer import NonFiniteLoss, evaluate, objective_weights, optimizer_step, train
+from smallvit.errors import SmallViTError
 from smallvit.metrics import extract_features
 
 TINY = [
@@ -230,6 +234,46 @@ def test_the_best_checkpoint_follows_the_metric_direction(tmp_path, mode):
     }
     assert load_checkpoint(run / "checkpoints" / "best.safetensors")[1]["epoch"] == best_epoch
     assert evaluate(*_reloaded(run, "best"), "val")["val/loss"] == pytest.approx(losses[best_epoch], rel=1e-6)
+
+
+# ---------------------------------------------------------------- the time limit
+
+
+def test_a_time_limit_stops_after_the_step_that_reaches_it_then_evaluates_checkpoints_and_summarises(tmp_path):
+    run, summary, output = _train(tmp_path, "epochs=3", "train.time_limit_s=0.000001")  # 2 steps an epoch
+    assert summary["time_limit"] == {"limit_s": 1e-6, "stopped": True}
+    assert (summary["epochs"], summary["epochs_run"], summary["steps"]) == (3, 0.5, 1) and summary["training_s"] > 0
+    assert json.loads((run / "summary.json").read_text())["time_limit"]["stopped"]
+    assert "stopped on the time limit of 1e-06 s of training after 0.50 of 3 planned epochs (1 steps)" in output
+    state = load_checkpoint(run / "checkpoints" / "last.safetensors")[1]
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 1, 1)  # resumable at the next batch
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    [evaluation], [test] = _records(run, "eval"), _records(run, "test")
+    assert evaluation["epoch"] == test["epoch"] == 0.5 and "val/supervised/acc1" in summary["final"]
+    assert "test/supervised/acc1" in test and not any(key.startswith("test/") for key in evaluation)
+    # the learning rate follows the schedule planned for 3 epochs, not one shortened to the time limit
+    stage = read_run_config(run)
+    planned = warmup_cosine(0.5, 3, stage.optim.warmup(3), stage.optim.lr, stage.optim.min_lr)
+    assert _records(run, "train")[-1]["lr"] == pytest.approx(planned)
+
+
+def test_a_run_its_time_limit_stopped_resumes_only_once_the_limit_is_raised(tmp_path):
+    run, _, _ = _train(tmp_path, "epochs=3", "train.time_limit_s=0.000001")
+    out = io.StringIO()
+    [kept] = resume_run(run, quiet=True, console=Console(file=out, width=400))
+    assert kept["steps"] == 1 and "resumed" not in kept
+    assert f"to train on, raise or remove train.time_limit_s in {run / 'config.yaml'} and resume" in out.getvalue()
+    with pytest.raises(SmallViTError, match=r"has trained [\d.]+ s, its time limit train.time_limit_s=1e-06") as err:
+        train(read_run_config(run), run, resume=True, quiet=True, console=Console(file=io.StringIO()))
+    assert "\n" not in str(err.value)
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["time_limit_s"] = None  # the user asks for more
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    [resumed] = resume_run(run, quiet=True, console=Console(file=io.StringIO()))
+    assert (resumed["epochs_run"], resumed["steps"], resumed["resumed"]) == (3, 6, True) and "time_limit" not in resumed
+    assert resumed["training_s"] >= kept["training_s"]  # counted across the two runs
+    assert [record["epoch"] for record in _records(run, "eval")] == [0.5, 3] and len(_records(run, "test")) == 1
 
 
 # ---------------------------------------------------------------- evaluation, precision, progress

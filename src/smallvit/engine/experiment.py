@@ -20,7 +20,7 @@ from smallvit.data import ImageDataset, get_dataset_info, load_dataset, split_va
 from smallvit.data.pipeline import Augmentation, ViewSpec, build_augmentation, eval_augmentation
 from smallvit.data.transforms import OPS
 from smallvit.engine.checkpoint import load_checkpoint
-from smallvit.errors import ConfigError, SmallViTError
+from smallvit.errors import ConfigError, DataError, SmallViTError
 from smallvit.models import LoadReport, ViTBackbone, build_backbone, load_backbone_weights
 from smallvit.objectives import Objective, ObjectiveSetup, StepContext, build_objective
 from smallvit.objectives.base import OBJECTIVES
@@ -239,8 +239,8 @@ def load_splits(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, I
     subset's indices into the training split after carving.
 
     Validation is the dataset's own split where it has one (``data.val_split`` or the dataset's default), else
-    ``data.val_fraction`` of each training class held out with ``data.val_seed``; the test split is the dataset's
-    unless ``data.test_split`` names another ('none': no test set).
+    (also with ``data.val_split='none'``) ``data.val_fraction`` of each training class held out with
+    ``data.val_seed``; the test split is the dataset's unless ``data.test_split`` names another ('none': no test set).
     """
     data = config.data
     info = get_dataset_info(data.dataset)
@@ -258,11 +258,16 @@ def load_splits(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, I
         )
 
     train_set = load(data.train_split)
-    val_name = data.val_split or info.val_split
+    val_name = None if data.val_split == "none" else data.val_split or info.val_split
     if val_name is not None:
         val_set = load(val_name)
     elif data.val_fraction > 0:
         kept, held_out = split_validation(train_set.labels, data.val_fraction, data.val_seed)
+        if not len(held_out):
+            raise DataError(
+                f"data.val_fraction={data.val_fraction:g} holds out no image of split {data.train_split!r}: a class "
+                "needs at least 2 images to give one to validation: add images"
+            )
         val_set = replace(train_set.subset(held_out), split=f"{data.train_split}[val {data.val_fraction:g}]")
         train_set = train_set.subset(kept)
     else:

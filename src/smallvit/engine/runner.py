@@ -2,11 +2,14 @@
 
 A multi-stage run folder holds one sub-folder per stage (``1-relvit-pretrain/``, ``2-relvit-finetune/``);
 a stage whose ``model.init_from`` is ``previous`` starts from the stage before it. Resuming skips the stages
-that finished (they have ``summary.json``) and continues the first that did not.
+that finished (they have ``summary.json``) and continues the first that did not. A stage that its
+``train.time_limit_s`` stopped counts as finished until that limit is raised or removed in the run's config.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import socket
 import time
@@ -18,7 +21,7 @@ from rich.console import Console
 
 from smallvit.config import Recipe, RunConfig, read_yaml_mapping, validate_run
 from smallvit.engine.experiment import write_json
-from smallvit.engine.trainer import train
+from smallvit.engine.trainer import epochs_text, train
 from smallvit.errors import SmallViTError
 
 
@@ -126,6 +129,14 @@ def resume_run(run_dir: Path, *, quiet: bool = False, console: Console | None = 
         return _run_stages(stages, stage_dirs(run_dir, stages), run_dir, quiet, console, resume=True)
 
 
+def _finished(summary: dict, run_dir: Path, stages: int) -> str:
+    """How a finished stage ended; for one stopped by its time limit, how to train on (a resume alone does not)."""
+    if not (summary.get("time_limit") or {}).get("stopped"):
+        return "already finished"
+    config = run_dir / ("recipe.yaml" if stages > 1 else "config.yaml")
+    return f"trained {epochs_text(summary)}: to train on, raise or remove train.time_limit_s in {config} and resume"
+
+
 def _run_stages(
     stages: list[RunConfig], dirs: list[Path], run_dir: Path, quiet: bool, console: Console, resume: bool = False
 ) -> list[dict]:
@@ -140,9 +151,13 @@ def _run_stages(
             stage = stage.model_copy(update={"model": stage.model.model_copy(update={"init_from": str(dirs[i - 1])})})
         summary_path = stage_dir / "summary.json"
         if resume and summary_path.is_file():
-            console.print(f"stage {stage.name} already finished: {stage_dir}")
-            summaries.append(yaml.safe_load(summary_path.read_text()))
-            continue
+            summary = json.loads(summary_path.read_text())
+            limit = summary.get("time_limit") or {}
+            raised = limit.get("stopped") and (stage.train.time_limit_s or math.inf) > limit["limit_s"]
+            if not raised:
+                console.print(f"stage {stage.name} {_finished(summary, run_dir, len(stages))}: {stage_dir}")
+                summaries.append(summary)
+                continue
         has_checkpoint = (stage_dir / "checkpoints" / "last.safetensors").is_file()
         if len(stages) > 1:
             console.rule(f"stage {i + 1}/{len(stages)}: {stage.name}")

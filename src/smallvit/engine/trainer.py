@@ -269,9 +269,10 @@ def _steady_throughput(rates: list[float]) -> float:
 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """On resume, drop records a crashed run wrote after its last checkpoint."""
+    """On resume, drop records a crashed run wrote after its last checkpoint, and the test record of a run that
+    ended there (the resumed run evaluates the test split once, at its own end)."""
     path = run_dir / "metrics.jsonl"
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step and r.get("kind") != "test"]
     if path.exists():
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -378,7 +379,14 @@ def train(
     quiet: bool = False,
     console: Console | None = None,
 ) -> dict:
-    """Train one stage into ``run_dir``; returns the summary written to ``summary.json``."""
+    """Train one stage into ``run_dir``; returns the summary written to ``summary.json``.
+
+    With ``train.time_limit_s``, the loop stops at the end of the step at which its training time (steps, validation,
+    checkpoints; counted across resumes, not loading the data or the final test) reaches the limit, then evaluates on
+    validation, writes the last checkpoint and the summary (``time_limit.stopped``, ``epochs_run`` of the planned
+    ``epochs``, ``steps``, ``training_s``). Resuming a run that has spent its limit is an error: raise or remove the
+    limit in its config first.
+    """
     # ---- set-up
     console = console or Console()
     ddp = init_distributed()
@@ -422,7 +430,7 @@ def train(
     )
     steps_per_epoch = len(loader)
     checkpoints = run_dir / "checkpoints"
-    progress_state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "throughput": [], "skipped": 0}
+    progress_state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "throughput": [], "skipped": 0, "train_s": 0.0}
     gen = torch.Generator(device=device)
     gen_state = None
     if resume:
@@ -435,15 +443,28 @@ def train(
         restore_rng(_own_streams(tensors, ddp.rank))
         gen_state = tensors.get(f"gen.rank{ddp.rank}")
         progress_state.update({k: state[k] for k in progress_state if k in state})
+        if tc.time_limit_s is not None and progress_state["train_s"] >= tc.time_limit_s:
+            raise SmallViTError(
+                f"{run_dir} has trained {progress_state['train_s']:.1f} s, its time limit train.time_limit_s="
+                f"{tc.time_limit_s:g}: to train on, raise or remove train.time_limit_s in the run's config.yaml "
+                "(a multi-stage run: its recipe.yaml)"
+            )
         if ddp.is_main:
             _truncate_metrics(run_dir, progress_state["step"])
             where = f"epoch {progress_state['epoch'] + 1}, batch {progress_state['batch']}"
             console.print(f"resuming {run_dir} at {where} (step {progress_state['step']})")
-    step, best, throughput, skipped = (progress_state[k] for k in ("step", "best", "throughput", "skipped"))
+    step, best, throughput, skipped, spent_s = (
+        progress_state[k] for k in ("step", "best", "throughput", "skipped", "train_s")
+    )
     log = MetricsLog(run_dir, enabled=ddp.is_main)
     warmup = config.optim.warmup(tc.epochs)
     started = time.perf_counter()
     eval_metrics: dict[str, float] = {}
+    out_of_time = False
+
+    def training_s() -> float:
+        """Seconds of training so far, earlier runs of a resumed run included."""
+        return spent_s + time.perf_counter() - started
 
     def checkpoint_state(
         epoch: int, batch: int, streams: dict[str, Tensor]
@@ -462,6 +483,7 @@ def train(
             "best_metric": tc.best_metric,
             "throughput": throughput,
             "skipped": skipped,
+            "train_s": training_s(),
             "metrics": eval_metrics,
             "optimizer": optim_meta,
         }
@@ -505,7 +527,11 @@ def train(
                     if ema is not None:
                         ema.update(model, step=step)
                     window.add(metrics, len(images) * ddp.world_size)
-                if window.steps and (step % tc.log_every == 0 or i == steps_per_epoch - 1):
+                # the time limit stops the run here but leaves the learning-rate schedule alone: the cosine was
+                # planned for train.epochs (by smallvit fit from the measured speed), so a stopped run ends above min_lr
+                if tc.time_limit_s is not None and (epoch + 1 < tc.epochs or i < steps_per_epoch - 1):
+                    out_of_time = _any_rank(ddp, training_s() >= tc.time_limit_s, device)
+                if window.steps and (step % tc.log_every == 0 or i == steps_per_epoch - 1 or out_of_time):
                     record, rate = window.record()
                     throughput.append(rate)
                     record.update(kind="train", step=step, epoch=round(epoch_float + 1 / steps_per_epoch, 4), lr=lr)
@@ -526,9 +552,13 @@ def train(
                     raise Interrupted(
                         f"stopped by {_signal_name(stop)} at step {step} (epoch {epoch + 1}), checkpoint written"
                     )
+                if out_of_time:
+                    break
 
             # ---- evaluation (validation only; the test split is evaluated once, after the last epoch)
-            last_epoch = epoch + 1 == tc.epochs
+            last_epoch = epoch + 1 == tc.epochs or out_of_time
+            mid_epoch = out_of_time and i < steps_per_epoch - 1  # stopped by the time limit before the epoch's end
+            epochs_done = round(epoch + (i + 1) / steps_per_epoch, 4) if mid_epoch else epoch + 1
             do_eval = exp.val is not None and (last_epoch or (tc.eval_every and (epoch + 1) % tc.eval_every == 0))
             do_knn = exp.val is not None and tc.knn_every and ((epoch + 1) % tc.knn_every == 0 or last_epoch)
             if ddp.is_main and (do_eval or do_knn):
@@ -537,28 +567,36 @@ def train(
                     eval_metrics.update(evaluate(exp, ema.module, prefix="val/ema"))
                 if do_knn:
                     eval_metrics.update(online_knn(exp, model.backbone))
-                log.write({"kind": "eval", "step": step, "epoch": epoch + 1, **eval_metrics})
-                progress.console.print(f"epoch {epoch + 1}: {headline(eval_metrics, 'val/')}")
+                log.write({"kind": "eval", "step": step, "epoch": epochs_done, **eval_metrics})
+                progress.console.print(f"epoch {epochs_done:g}: {headline(eval_metrics, 'val/')}")
 
-            # ---- checkpoint
-            streams = rank_streams(ddp, None)
+            # ---- checkpoint (stopped mid-epoch: at that batch, as after a signal)
+            streams = rank_streams(ddp, gen if mid_epoch else None)
             if ddp.is_main:
                 value = eval_metrics.get(tc.best_metric) if tc.best_metric else None
                 improved = value is not None and do_eval and _better(value, best, tc.best_direction)
                 if improved:
                     best = value
-                weights_only, tensors, state = checkpoint_state(epoch + 1, 0, streams)
+                position = (epoch, i + 1) if mid_epoch else (epoch + 1, 0)
+                weights_only, tensors, state = checkpoint_state(*position, streams)
                 _save(checkpoints / "last.safetensors", model, tensors, state)
                 if improved:
                     _save(checkpoints / "best.safetensors", model, weights_only, state)
             if _any_rank(ddp, stop.signal is not None, device) and not last_epoch:
                 raise Interrupted(f"stopped by {_signal_name(stop)} after epoch {epoch + 1}, checkpoint written")
+            if out_of_time:
+                break
 
     # ---- summary: the last weights on validation and test; the best (validation-chosen) checkpoint on test
     log.close()
     if not ddp.is_main:
         return {}
-    wall = time.perf_counter() - started
+    wall, trained_s, epochs_run = time.perf_counter() - started, training_s(), step / steps_per_epoch
+    if out_of_time:
+        console.print(
+            f"stopped on the time limit of {tc.time_limit_s:g} s of training after {epochs_run:.2f} of {tc.epochs} "
+            f"planned epochs ({step} steps); the learning-rate schedule was planned for {tc.epochs} epochs"
+        )
     if exp.val is not None and not eval_metrics:  # resumed after the last checkpoint, before this summary
         eval_metrics = evaluate(exp, model)
     final = dict(eval_metrics)
@@ -574,11 +612,16 @@ def train(
             model.load_state_dict(best_tensors)
             best_test = evaluate(exp, model, "test")
             model.load_state_dict(last_weights)
-        log.write({"kind": "test", "step": step, "epoch": tc.epochs, **final, **prefixed("best/", best_test)})
+        log.write(
+            {"kind": "test", "step": step, "epoch": round(epochs_run, 4), **final, **prefixed("best/", best_test)}
+        )
     summary = {
         "name": config.name,
         "run_dir": str(run_dir),
         "epochs": tc.epochs,
+        "epochs_run": round(epochs_run, 4),
+        "steps": step,
+        "training_s": round(trained_s, 1),
         "final": final,
         "best": {"metric": tc.best_metric, "value": best, "epoch": best_state.get("epoch"), "test": best_test},
         "wall_clock_s": round(wall, 1),
@@ -593,12 +636,26 @@ def train(
             "timm": __import__("timm").__version__,
         },
     }
+    if tc.time_limit_s is not None:
+        summary["time_limit"] = {"limit_s": tc.time_limit_s, "stopped": out_of_time}
     if resume:
         summary["resumed"] = True
     write_json(run_dir / "summary.json", summary)
     plot_curves(run_dir)
     draw_run_pictures(exp, model, run_dir)  # confusion matrix, worst images, position, attention
     return summary
+
+
+def epochs_text(summary: dict) -> str:
+    """The epochs a run trained, from its summary: ``10 epochs``, or ``3.4 of 10 planned epochs (stopped on its time
+    limit of 60 s)``."""
+    limit = summary.get("time_limit") or {}
+    if not limit.get("stopped"):
+        return f"{summary.get('epochs')} epochs"
+    return (
+        f"{summary['epochs_run']:.3g} of {summary['epochs']} planned epochs (stopped on its time limit of "
+        f"{limit['limit_s']:g} s)"
+    )
 
 
 def git_commit() -> str | None:
