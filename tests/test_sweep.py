@@ -20,6 +20,7 @@ from smallvit.sweep import (
     plan_table,
     plan_total,
     run_sweep,
+    train_image_count,
 )
 
 # 10 images per class of cifar10-sample: 100 training images per epoch, known without loading the dataset
@@ -354,3 +355,9 @@ def test_sweep_end_to_end_trains_resumes_nothing_and_compares(tmp_path):
     assert row["name"] == "q" and row["runs"] == 2 and row["seeds"] == [0, 1] and row["baseline"]
     assert row["top1_mean"] is not None and row["val_mean"] is not None
     assert (tmp_path / "report" / "val_curves.png").stat().st_size > 0
+
+
+def test_image_counts_leave_out_a_validation_split_carved_from_train():
+    own_val = load_recipe("quickstart").stages[0]
+    carved = load_recipe("quickstart", ["data.val_split=none", "data.val_fraction=0.25"]).stages[0]
+    assert (train_image_count(own_val), train_image_count(carved)) == (2040, 1530)

@@ -286,8 +286,8 @@ def train_image_count(stage: RunConfig) -> int | None:
         return None
     if data.subset is not None:
         return min(count, data.subset.per_class * classes)
-    carved = getattr(data, "val_split", None) is None and getattr(info, "val_split", None) is None
-    return round(count * (1 - getattr(data, "val_fraction", 0.0))) if carved else count
+    carved = data.val_split == "none" or (data.val_split is None and info.val_split is None)
+    return round(count * (1 - data.val_fraction)) if carved else count
 
 
 def _read_json(path: Path) -> dict | None:
