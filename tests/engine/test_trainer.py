@@ -257,6 +257,13 @@ def test_a_time_limit_stops_after_the_step_that_reaches_it_then_evaluates_checkp
     assert _records(run, "train")[-1]["lr"] == pytest.approx(planned)
 
 
+def test_the_summary_records_the_commit_the_run_started_from_not_the_one_at_its_end(tmp_path, monkeypatch):
+    commits = iter(["started-here", "checked-out-later"])
+    monkeypatch.setattr(trainer, "git_commit", lambda: next(commits))
+    _, summary, _ = _train(tmp_path, "epochs=1")
+    assert summary["provenance"]["git_commit"] == "started-here"
+
+
 def test_a_run_its_time_limit_stopped_resumes_only_once_the_limit_is_raised(tmp_path):
     run, _, _ = _train(tmp_path, "epochs=3", "train.time_limit_s=0.000001")
     out = io.StringIO()

@@ -389,6 +389,7 @@ def train(
     """
     # ---- set-up
     console = console or Console()
+    commit = git_commit()  # now, not at the end: the checkout may move on while the run trains
     ddp = init_distributed()
     seed_everything(config.train.seed + ddp.rank)
     exp = build_experiment(config)
@@ -629,7 +630,7 @@ def train(
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
         "device": device_name(device),
         "precision": precision,
-        "provenance": provenance(exp),
+        "provenance": provenance(exp, commit),
         "versions": {
             "smallvit": smallvit.__version__,
             "torch": torch.__version__,
@@ -677,11 +678,12 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def provenance(exp: Experiment) -> dict:
-    """What reproduces a run's numbers: code commit, dataset, the content of each split, seed and recipe."""
+def provenance(exp: Experiment, commit: str | None) -> dict:
+    """What reproduces a run's numbers: the code's ``commit`` when the run (or its last resume) started, dataset,
+    the content of each split, seed and recipe."""
     config = exp.config
     return {
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "recipe": config.name,
         "dataset": config.data.dataset,
         "seed": config.train.seed,
