@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,7 @@ class CliServer:
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=60)
+        shutil.rmtree(self.logs, ignore_errors=True)
 
 
 if __name__ == "__main__":
