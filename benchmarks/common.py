@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from smallvit.engine.trainer import git_commit
+
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 
@@ -28,13 +30,14 @@ def device_description(device: str = "cpu") -> str:
 
 
 def record(benchmark: str, figures: dict, device: str = "cpu") -> dict:
-    """Append one result line (with command, device, versions and date) to benchmarks/results.jsonl."""
+    """Append one result line (with command, device, code commit, versions and date) to benchmarks/results.jsonl."""
     entry = {
         "benchmark": benchmark,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": "python " + " ".join(sys.argv),
         "device": device_description(device),
         "torch": torch.__version__,
+        "git_commit": git_commit(),
         **figures,
     }
     with RESULTS.open("a") as f:
