@@ -26,6 +26,7 @@ from common import record
 
 from smallvit.config import load_recipe
 from smallvit.engine.experiment import build_experiment
+from smallvit.engine.memory import keep_freed_memory
 from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step
 
 BASELINE = "quickstart"
@@ -95,7 +96,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--note", default="", help="what was measured (e.g. the code state), kept with the figures")
+    parser.add_argument(
+        "--free-memory", action="store_true", help="let glibc unmap freed memory (the behaviour before smallvit train"
+        " called keep_freed_memory)"
+    )
     args = parser.parse_args()
+    if not args.free_memory:
+        keep_freed_memory()  # as smallvit train does
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -126,6 +133,7 @@ def main() -> None:
         "repeats": args.repeats,
         "precision": "fp32",
         "threads": torch.get_num_threads(),
+        "keep_freed_memory": not args.free_memory,
         "model": "vit_lite",
         "note": args.note,
     }

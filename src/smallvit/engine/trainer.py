@@ -41,6 +41,7 @@ from smallvit.engine.checkpoint import (
 )
 from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, write_json
 from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
+from smallvit.engine.memory import keep_freed_memory
 from smallvit.engine.pictures import draw_run_pictures
 from smallvit.engine.schedules import warmup_cosine
 from smallvit.errors import ConfigError, SmallViTError
@@ -390,6 +391,7 @@ def train(
     # ---- set-up
     console = console or Console()
     commit = git_commit()  # now, not at the end: the checkout may move on while the run trains
+    keep_freed_memory()
     ddp = init_distributed()
     seed_everything(config.train.seed + ddp.rank)
     exp = build_experiment(config)
