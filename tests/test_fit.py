@@ -194,6 +194,9 @@ def test_split_folders_without_val_hold_out_a_seeded_val_split_of_each_train_cla
     assert "| class | train | test | trained | val, held out of train/ |" in report
     assert "| circle | 7 | 2 | 5 | 2 |" in report and "| stripes | 12 | 2 | 9 | 3 |" in report
     assert f"| validation | {said.removeprefix('validation: ')}" in report
+    summary = json.loads((run / "summary.json").read_text())
+    exported_test = 100 * summary["best"]["test"]["test/supervised/acc1"]
+    assert f"test top-1 of the exported checkpoint **{exported_test:.2f} %**" in report
 
 
 def test_a_train_folder_too_small_to_hold_out_validation_is_one_clear_line(tmp_path):

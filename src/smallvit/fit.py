@@ -736,7 +736,11 @@ def write_report(result: FitResult) -> Path:
         headline += f", **{_percent(best['value'])}** (best checkpoint, epoch {result.best_epoch}, exported)"
     if has_test:
         best_test = (best.get("test") or {}).get(test_key)
-        headline += f"; test top-1 **{_percent(best_test if best_test is not None else final.get(test_key))}**"
+        if best_test is not None:
+            headline += f"; test top-1 of the exported checkpoint **{_percent(best_test)}**"
+            headline += f" (final weights {_percent(final.get(test_key))})"
+        else:
+            headline += f"; test top-1 **{_percent(final.get(test_key))}** (final weights, exported)"
     else:
         headline += (
             "; no test split (the validation images chose the checkpoint, so their accuracy is slightly optimistic: "
