@@ -2,12 +2,14 @@
 pre-training learned (layer-wise lr decay, zero-initialised new position embedding, linear-probe head)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 import smallvit.data.datasets as datasets
 from smallvit.config import RunConfig, load_recipe, validate_run
+from smallvit.engine.checkpoint import load_checkpoint
 from smallvit.engine.experiment import build_experiment, load_splits
 from smallvit.engine.trainer import build_optimizer, evaluate, init_head_from_probe, train
 from smallvit.errors import ConfigError
@@ -134,3 +136,19 @@ def test_folded_probe_gives_the_probes_logits_on_raw_features():
     probe = train_linear_probe(features, labels, 3, weight_decay=1e-3)
     weight, bias = probe.folded()
     torch.testing.assert_close(features @ weight.T + bias, probe.logits(features).float(), rtol=1e-4, atol=1e-4)
+
+
+def test_lp_ft_counts_the_probe_itself_as_the_first_best_checkpoint_candidate(tmp_path):
+    """Fine-tuning from a linear-probe head never ends, in its validation-chosen checkpoint, below the probe."""
+    run = _pretrain(tmp_path, "model.pos_embed=false")
+    stage = _stage("quickstart", f"model.init_from={run}", "model.head_init=linear_probe", "epochs=2", "lr=0.03")
+    summary = train(stage, tmp_path / "ft", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals[0]["epoch"] == 0 and evals[0]["step"] == 0
+    probe = evals[0]["val/supervised/acc1"]
+    assert summary["best"]["value"] == max(r["val/supervised/acc1"] for r in evals) >= probe
+    assert summary["best"]["epoch"] == 0  # lr 0.03 wrecks the features: the best checkpoint is the probe's own model
+    exp = build_experiment(_stage("quickstart", f"model.init_from={tmp_path / 'ft'}"))
+    exp.model.load_state_dict(load_checkpoint(tmp_path / "ft" / "checkpoints" / "best.safetensors", "model.")[0])
+    assert evaluate(exp, exp.model)["val/supervised/acc1"] == pytest.approx(probe)

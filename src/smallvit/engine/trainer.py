@@ -411,7 +411,8 @@ def train(
             console.print(f"skipped {len(unreadable)} undecodable image(s), listed in {run_dir / 'skipped_files.txt'}")
         if exp.init_report is not None:
             console.print(f"initialised from {config.model.init_from}: {exp.init_report.summary()}")
-    if config.model.head_init == "linear_probe" and config.model.init_from and not resume:
+    probe_head = config.model.head_init == "linear_probe" and config.model.init_from and not resume
+    if probe_head:
         accuracy = init_head_from_probe(exp)
         if ddp.is_main:
             console.print(f"classifier initialised as a linear probe of the loaded features (train acc {accuracy:.4f})")
@@ -491,6 +492,17 @@ def train(
             "optimizer": optim_meta,
         }
         return weights_only, {**weights_only, **optim_tensors, **streams}, state
+
+    if probe_head and ddp.is_main and exp.val is not None and tc.best_metric:
+        # LP-FT: the probe's own model is the first candidate for the best checkpoint, so the checkpoint chosen on
+        # validation is never worse there than the linear probe that fine-tuning started from
+        eval_metrics = evaluate(exp, model)
+        log.write({"kind": "eval", "step": 0, "epoch": 0, **eval_metrics})
+        console.print(f"epoch 0 (the linear probe): {headline(eval_metrics, 'val/')}")
+        best = eval_metrics.get(tc.best_metric)
+        if best is not None:
+            weights_only, _, state = checkpoint_state(0, 0, {})
+            _save(checkpoints / "best.safetensors", model, weights_only, state)
 
     # ---- loop
     with StopRequest() as stop, make_progress(console, quiet or not ddp.is_main) as progress:
