@@ -117,6 +117,12 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
+def test_an_unknown_device_is_refused_before_a_run_folder_is_made(tmp_path):
+    result = _cli("train", "quickstart", "train.device=tpu9", "--runs-dir", str(tmp_path / "runs"), env_dir=tmp_path)
+    assert result.returncode == 2 and "train.device=tpu9" in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_without_best_metric_no_checkpoint_is_selected(tmp_path):
     run = _train(tmp_path, "pre", "train.best_metric=null")
     assert (run / "checkpoints" / "last.safetensors").is_file()

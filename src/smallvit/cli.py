@@ -110,6 +110,7 @@ def train(
     if recipe is None:
         raise SmallViTError("no recipe given: run `smallvit recipes` to list them, e.g. `smallvit train quickstart`")
     loaded = load_recipe(recipe, overrides or [])
+    _check_devices(loaded)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if name is None:
             raise SmallViTError("under torchrun every process must write to the same run folder: pass --name NAME")
@@ -118,6 +119,14 @@ def train(
         run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] → {run_dir}")
     _run_and_summarise(loaded, run_dir, quiet)
+
+
+def _check_devices(recipe) -> None:
+    """Every stage's train.device exists here, checked before a run folder is made."""
+    from smallvit.engine.experiment import resolve_device
+
+    for stage in recipe.stages:
+        resolve_device(stage.train.device)
 
 
 @app.command(
@@ -143,6 +152,7 @@ def finetune(
     loaded = load_recipe(recipe, overrides or [])
     first = loaded.stages[0]
     loaded.stages[0] = first.model_copy(update={"model": first.model.model_copy(update={"init_from": str(run)})})
+    _check_devices(loaded)
     run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] from {run} → {run_dir}")
     _run_and_summarise(loaded, run_dir, quiet)
