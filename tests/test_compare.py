@@ -135,6 +135,7 @@ def test_multi_stage_run_reads_its_last_stage_recipe_name_and_probes(tmp_path):
     finetune = _stage(0.33, 0.35, epochs=10, wall=150.0, rate=200.0)
     (folder / "summary.json").write_text(json.dumps({"stages": [pretrain, finetune]}))
     logged = [{"kind": "knn", "acc1": 0.2}, {"kind": "knn", "acc1": 0.25}, {"kind": "linear", "acc1": 0.3}]
+    logged.append({"kind": "linear", "split": "val", "acc1": 0.9})  # a validation probe: not the table's test column
     (folder / "1-relvit-pretrain" / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
     (tmp_path / "unfinished" / "1-relvit-pretrain").mkdir(parents=True)  # an unfinished run's finished stage
     (tmp_path / "unfinished" / "recipe.yaml").write_text("name: relvit\n")

@@ -19,8 +19,8 @@ marked ``baseline: true``; a gain is only given for rows tested on the same imag
 and the same test split (its sha256 in the summaries' provenance; old summaries count as one protocol of their own,
 so a legacy row gets no gain against a new baseline). Wall-clock is the sum over a run's stages, images/s the
 training throughput of its stages weighted by their wall-clock; both averaged over the row's runs. kNN and linear
-probe are the last ``smallvit eval knn|linear`` logged for a multi-stage run's first (pre-training) stage, or for a
-single-stage run's folder, when there is one.
+probe are the last ``smallvit eval knn|linear --split test`` logged for a multi-stage run's first (pre-training)
+stage, or for a single-stage run's folder, when there is one.
 """
 
 from __future__ import annotations
@@ -210,7 +210,10 @@ def _records(path: Path) -> list[dict]:
 
 
 def _last_evaluation(stage_dir: Path | None, kind: str) -> float | None:
-    found = [r for r in _records(stage_dir / "evaluations.jsonl") if r.get("kind") == kind] if stage_dir else []
+    """The last ``kind`` (knn, linear) evaluation of the test split (runs from before validation splits: of their one
+    split), so that it compares with the table's test top-1."""
+    records = _records(stage_dir / "evaluations.jsonl") if stage_dir else []
+    found = [r for r in records if r.get("kind") == kind and r.get("split", "test") == "test"]
     return found[-1].get("acc1") if found else None
 
 
@@ -545,7 +548,7 @@ def table_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     knn = any(r.knn_mean is not None for r in rows)
     linear = any(r.linear_mean is not None for r in rows)
     header = ["row", *(["label"] if labels else []), "runs (seeds)", "dataset", "epochs", "test top-1 %", "val top-1 %"]
-    header += ["gain (points)", *(["kNN %"] if knn else []), *(["linear probe %"] if linear else [])]
+    header += ["gain (points)", *(["kNN % (test)"] if knn else []), *(["linear probe % (test)"] if linear else [])]
     header += ["wall-clock (s)", "images/s", "device"]
     cells = []
     for row in rows:
