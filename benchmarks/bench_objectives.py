@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--note", default="", help="what was measured (e.g. the code state), kept with the figures")
     parser.add_argument(
-        "--free-memory", action="store_true", help="let glibc unmap freed memory (the behaviour before smallvit train"
-        " called keep_freed_memory)"
+        "--free-memory",
+        action="store_true",
+        help="let glibc unmap freed memory (the behaviour before smallvit train called keep_freed_memory)",
     )
     args = parser.parse_args()
     if not args.free_memory:
