@@ -383,9 +383,11 @@ def test_runs_started_at_once_with_the_same_name_never_share_a_folder(cli, env, 
             thread.join()
         assert len(set(made)) == 4 and all(path.is_dir() for path in made)
 
-    for trial in range(20):  # two commands started together; device=tpu9 stops each right after it took a folder
+    for trial in range(
+        20
+    ):  # two commands started together; an unprepared dataset stops each right after it took a folder
         runs = tmp_path / f"processes{trial}"
-        children = [cli.start(*train_args(runs, "same", "device=tpu9"), env=env) for _ in range(2)]
+        children = [cli.start(*train_args(runs, "same", "dataset=svhn"), env=env) for _ in range(2)]
         results = [child.wait() for child in children]
         folders = {"".join(result.stdout.split("→")[1].split()) for result in results}  # as printed, unwrapped
         assert folders == {str(runs / "same"), str(runs / "same-2")}, folders
