@@ -94,8 +94,8 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(tmp_path, monkeypat
     assert _eval_records(run) == first
 
 
-def _cli(*args, env_dir):
-    env = {"SMALLVIT_DATA": str(env_dir / "data"), "SMALLVIT_CACHE": str(env_dir / "cache"), "PATH": ""}
+def _cli(*args, env_dir, **extra_env):
+    env = {"SMALLVIT_DATA": str(env_dir / "data"), "SMALLVIT_CACHE": str(env_dir / "cache"), "PATH": "", **extra_env}
     return subprocess.run([sys.executable, "-m", "smallvit.cli", *args], capture_output=True, text=True, env=env)
 
 
@@ -121,6 +121,14 @@ def test_an_unknown_device_is_refused_before_a_run_folder_is_made(tmp_path):
     result = _cli("train", "quickstart", "train.device=tpu9", "--runs-dir", str(tmp_path / "runs"), env_dir=tmp_path)
     assert result.returncode == 2 and "train.device=tpu9" in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_under_torchrun_a_named_folder_that_holds_a_run_is_refused_by_rank_0(tmp_path):
+    (tmp_path / "runs" / "same").mkdir(parents=True)
+    (tmp_path / "runs" / "same" / "config.yaml").write_text("{}")
+    args = ("train", "quickstart", "--runs-dir", str(tmp_path / "runs"), "--name", "same")
+    result = _cli(*args, env_dir=tmp_path, WORLD_SIZE="2", RANK="0")
+    assert result.returncode == 2 and "already holds a run" in result.stderr and "--resume" in result.stderr
 
 
 def test_without_best_metric_no_checkpoint_is_selected(tmp_path):

@@ -115,6 +115,11 @@ def train(
         if name is None:
             raise SmallViTError("under torchrun every process must write to the same run folder: pass --name NAME")
         run_dir = runs_dir / name
+        # rank 0 alone checks (the others may see the folder it is making); torchrun stops them all if it fails
+        if int(os.environ.get("RANK", "0")) == 0 and (run_dir / "config.yaml").exists():
+            raise SmallViTError(
+                f"run folder {run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --name"
+            )
     else:
         run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] → {run_dir}")
