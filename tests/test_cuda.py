@@ -23,16 +23,14 @@ from smallvit.engine.trainer import evaluate, train
 # cuBLAS is deterministic only with a fixed workspace, read when it first starts (after collection, before any test)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.usefixtures("isolated_data"),
+]
 
 CUDA = torch.device("cuda")
 TINY = ["data.subset.per_class=20", "data.eval_subset.per_class=10", "model.overrides.depth=2", "batch_size=40"]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture

@@ -76,10 +76,7 @@ def assert_picture(path: Path, min_side: int = 200) -> None:
         assert np.asarray(image.convert("L")).std() > 5, path
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 # ---------------------------------------------------------------- the rules

@@ -26,11 +26,7 @@ from smallvit.models import build_backbone
 from smallvit.models.inspection import attention_weights, patch_position_embedding
 from test_fit import assert_picture, make_image_folder
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 # ---------------------------------------------------------------- the numbers

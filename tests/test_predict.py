@@ -18,11 +18,7 @@ from smallvit.predict import csv_header, find_images, load_predictor, predict_fi
 from smallvit.runs import load_run
 from test_fit import CLASSES, make_image_folder
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def untrained_export(folder, in_chans=3, classes=("cat", "dog", "owl", "yak")):

@@ -24,10 +24,7 @@ TINY_IDMM = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def test_feature_cache_is_reused_only_for_the_same_weights_images_and_transform(tmp_path):

@@ -28,9 +28,7 @@ TINY = ["epochs=3", "data.subset.per_class=10"]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+def _isolated(isolated_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 

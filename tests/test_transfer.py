@@ -15,10 +15,7 @@ from smallvit.models import adapt_state_dict, build_backbone, load_backbone_weig
 TINY = ["epochs=1", "model.overrides.depth=1", "train.batch_size=20", "train.precision=fp32"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def test_pos_embed_7x7_interpolated_to_14x14_loads_into_a_timm_model_of_the_new_size():

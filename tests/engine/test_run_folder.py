@@ -10,11 +10,7 @@ from smallvit.config import load_recipe
 from smallvit.engine.trainer import train
 from smallvit.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _isolated_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def _folder(root, counts: dict[str, int], corrupt: str | None = None):

@@ -19,10 +19,7 @@ from smallvit.runs import knn_evaluate_run
 TINY = ["data.subset.per_class=8", "data.eval_subset.per_class=4", "model.overrides.depth=2", "train.batch_size=40"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SMALLVIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def _stage(recipe="quickstart", *overrides) -> RunConfig:
