@@ -8,9 +8,10 @@ the recipe does) under variants that each remove one suspected cause of the drop
     python results/diag-finetune/first_steps.py PRETRAINED_RUN --output results/diag-finetune/first_steps.jsonl
 
 Variants: the LP-FT default (probe of clean features, AdamW at lr 1e-4, training augmentation and drop path); the
-same on exactly the probe's inputs (no augmentation, no drop path); lr 1e-5 (the pre-training's final lr); SGD with
+same on exactly the probe's inputs (no augmentation, no drop path) at lr 1e-4, 1e-5 and 1e-6; lr 1e-5; SGD with
 momentum; a probe with a 100x stronger L2 (a smaller head); a probe fitted on the augmented, drop-path features that
-training sees.
+training sees. Give it a pre-training run made with a higher final lr (``optim.min_lr``) to see whether the drop
+follows the lr the pre-training ended at.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def main() -> None:
     variants = [
         ("LP-FT default: probe, AdamW lr 1e-4, augmentation + drop path", "probe", True, "adamw", 1e-4),
         ("the probe's own inputs: no augmentation, no drop path", "probe", False, "adamw", 1e-4),
-        ("AdamW lr 1e-5 (the pre-training's final lr)", "probe", True, "adamw", 1e-5),
+        ("the probe's own inputs, lr 1e-5", "probe", False, "adamw", 1e-5),
+        ("the probe's own inputs, lr 1e-6", "probe", False, "adamw", 1e-6),
+        ("AdamW lr 1e-5", "probe", True, "adamw", 1e-5),
         ("SGD momentum 0.9, lr 1e-3", "probe", True, "sgd", 1e-3),
         ("a 100x stronger probe L2 (smaller head)", "probe, L2 1e-2", True, "adamw", 1e-4),
         ("probe of the augmented, drop-path training features", "augmented probe", True, "adamw", 1e-4),
