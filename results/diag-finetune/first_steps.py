@@ -35,6 +35,7 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "cmp-finetune.yaml"
 
 def training_features(exp, passes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features as training sees them: the augmented training view, backbone in training mode (drop path)."""
+    torch.manual_seed(0)  # drop path draws from the global generator
     backbone, gen = exp.model.backbone.train(), torch.Generator().manual_seed(0)
     features, labels = [], []
     with torch.no_grad():
