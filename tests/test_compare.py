@@ -11,7 +11,16 @@ from typer.testing import CliRunner
 
 from smallvit import cli
 from smallvit.cli import app
-from smallvit.compare import collect_runs, compare_rows, gain, mean_std, rows_json, rows_table, write_report
+from smallvit.compare import (
+    collect_runs,
+    compare_rows,
+    gain,
+    markdown_table,
+    mean_std,
+    rows_json,
+    rows_table,
+    write_report,
+)
 from smallvit.errors import SmallViTError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,3 +260,13 @@ def test_a_copied_old_summary_folder_compares(tmp_path):
     shutil.copy(REPO / "results" / "summaries" / "quickstart-s0.json", tmp_path / "a.json")
     [row], _ = compare_rows(collect_runs([tmp_path / "a.json"]))
     assert row.name == "quickstart" and row.top1_mean == pytest.approx(39.6)
+
+
+@pytest.mark.parametrize("report", sorted(REPO.glob("results/*/report.md")), ids=lambda path: path.parent.name)
+def test_every_kept_report_comes_back_from_its_run_copies_in_the_repository(report):
+    """The README's tables must regenerate from the repository alone: each report's ``runs/`` copies are committed
+    and give its table again."""
+    generated_by = report.read_text().split("\n")[2]
+    baseline = generated_by.split("--baseline ")[1].split()[0] if "--baseline " in generated_by else None
+    rows, _ = compare_rows(collect_runs([report.parent / "runs"]), baseline=baseline)
+    assert markdown_table(rows) in report.read_text()
