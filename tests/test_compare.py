@@ -229,6 +229,20 @@ def test_table_json_and_report(sweep_runs, tmp_path):
     assert rows_json(again)[1]["top1_mean"] == 42.0 and again[0].baseline
 
 
+def test_a_report_grows_from_its_own_copies_and_new_runs(sweep_runs, tmp_path):
+    """Seeds finished on another machine join a kept report: its copies stay, the new runs are copied beside them."""
+    report = tmp_path / "report"
+    write_report(compare_rows(collect_runs([sweep_runs]))[0], report)
+    later = _run(tmp_path / "later", "weak", 2, 0.42, 0.46, baseline=True, curve=[(1, 0.1), (2, 0.2)])
+    rows, notes = compare_rows(collect_runs([report / "runs", sweep_runs / "strong" / "seed0", later.parent]))
+    write_report(rows, report)
+    assert sorted(p.name for p in (report / "runs" / "weak").iterdir()) == ["seed0", "seed1", "seed2"]
+    assert sorted(p.name for p in (report / "runs" / "strong").iterdir()) == ["seed0", "seed1", "seed2"]
+    assert len(notes) == 1 and "counted once" in notes[0]
+    [weak, strong] = rows_json(compare_rows(collect_runs([report / "runs"]))[0])
+    assert (weak["runs"], weak["top1_mean"], strong["runs"], strong["gain_mean"]) == (3, 40.0, 3, 2.0)
+
+
 def test_report_without_metrics_has_no_curves(tmp_path):
     _run(tmp_path / "runs", "a", 0, 0.4, 0.4)
     written = write_report(compare_rows(collect_runs([tmp_path / "runs"]))[0], tmp_path / "out")

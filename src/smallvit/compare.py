@@ -700,20 +700,25 @@ def _copy_run(run: RunResult, target: Path) -> None:
 def write_report(rows: list[Row], output: str | Path, command: str | None = None) -> list[Path]:
     """Write ``report.md`` (the table, notes and each row's commands), ``accuracy.png``, ``val_curves.png`` (rows
     with metrics.jsonl) and ``runs/`` (a copy of each run's summaries, configs and metrics, without checkpoints, so
-    that ``smallvit compare OUTPUT/runs`` gives the same table from files small enough to keep; replaced on every
-    write). Returns the files written, ``report.md`` first."""
+    that ``smallvit compare OUTPUT/runs`` gives the same table from files small enough to keep). ``runs/`` is
+    replaced on every write, unless some rows were read from it: then its copies are kept and the other runs are
+    added to them, so a report grows as seeds finish on other machines
+    (``smallvit compare OUTPUT/runs runs/sweeps/NAME --output OUTPUT``). Returns the files written, ``report.md`` first."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = []
     copies = output / "runs"
     runs = [run for row in rows for run in row.runs]
-    if not any(copies.resolve() in run.source.resolve().parents for run in runs):  # else: the report's own copies
+    kept = [run for run in runs if copies.resolve() in run.source.resolve().parents]
+    if not kept:
         shutil.rmtree(copies, ignore_errors=True)
-        for row in rows:
-            folder = re.sub(r"[^A-Za-z0-9._+-]+", "_", row.name).strip("_") or "row"
-            for i, run in enumerate(row.runs):
-                leaf = copies / folder / (f"seed{run.seed}" if run.seed is not None else f"run{i}")
-                _copy_run(run, leaf if not leaf.exists() else leaf.with_name(f"{leaf.name}-{i}"))
+    for row in rows:
+        folder = re.sub(r"[^A-Za-z0-9._+-]+", "_", row.name).strip("_") or "row"
+        for i, run in enumerate(row.runs):
+            if run in kept:
+                continue
+            leaf = copies / folder / (f"seed{run.seed}" if run.seed is not None else f"run{i}")
+            _copy_run(run, leaf if not leaf.exists() else leaf.with_name(f"{leaf.name}-{i}"))
     plots = [
         (_plot_accuracy(rows, output / "accuracy.png"), "Top-1 accuracy per row"),
         (_plot_curves(rows, output / "val_curves.png"), "Validation top-1 per epoch"),
