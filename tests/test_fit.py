@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
@@ -29,11 +30,15 @@ from smallvit.fit import (
 CLASSES = ["circle", "square", "stripes"]
 
 
-def make_image_folder(root: Path, per_class: int = 12, seed: int = 0, broken: bool = True) -> Path:
-    """``root/<class>/<image>``: three classes of drawn shapes in mixed sizes, formats and modes — RGB JPEGs,
+SIZES = ((48, 40), (64, 64), (80, 60), (56, 72), (120, 90))
+
+
+def make_image_folder(
+    root: Path, per_class: int = 12, seed: int = 0, broken: bool = True, sizes: tuple = SIZES
+) -> Path:
+    """``root/<class>/<image>``: three classes of drawn shapes in ``sizes``, formats and modes — RGB JPEGs,
     grayscale and RGBA PNGs, palette GIFs — and, with ``broken``, one file that is not an image."""
     rng = np.random.default_rng(seed)
-    sizes = [(48, 40), (64, 64), (80, 60), (56, 72), (120, 90)]
     for name in CLASSES:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -106,12 +111,20 @@ def test_geometry_fits_the_decoded_images_in_memory():
         choose_geometry([])
 
 
-def test_recipe_rule_by_images_per_class():
-    small = choose_recipe(num_train=2040, num_classes=10)  # the CIFAR-10 sample the evidence comes from
-    assert (small.recipe, small.rule) == ("relvit-joint", "small-data") and "+5.2" in small.reason
+def test_recipe_rule_by_images_per_class_and_patch_size():
+    small = choose_recipe(num_train=2040, num_classes=10, patch_size=4)  # the CIFAR-10 sample of the evidence
+    assert (small.recipe, small.rule, small.overrides) == (
+        "relvit-joint",
+        "small-data-conv",
+        ("model.preset=vit_lite_conv",),
+    )
+    assert small.text == "relvit-joint model.preset=vit_lite_conv" and "+7.35" in small.reason
+    large = choose_recipe(num_train=2040, num_classes=10, patch_size=16)  # the conv tokenizer costs 2.9x here
+    assert (large.recipe, large.rule, large.overrides) == ("relvit-joint", "small-data", ())
+    assert "+4.0" in large.reason and "2.9x" in large.reason
     assert choose_recipe(num_train=3000, num_classes=3).recipe == "relvit-joint"  # exactly 1,000 per class
-    more = choose_recipe(num_train=3003, num_classes=3)
-    assert (more.recipe, more.rule) == ("quickstart", "more-data")
+    more = choose_recipe(num_train=3003, num_classes=3, patch_size=4)
+    assert (more.recipe, more.rule, more.overrides) == ("quickstart", "more-data", ())
 
 
 def test_epochs_fill_the_budget_from_the_measured_speed():
@@ -241,6 +254,24 @@ def test_a_fit_slower_than_measured_stops_on_its_time_limit_and_ends_within_the_
     report = (run / "report.md").read_text()
     assert f"of {fitted['epochs']} planned epochs (stopped on its time limit of {fitted['time_limit_s']:g} s)" in report
     assert "s of training (steps, validation, checkpoints)" in report and "ended above its minimum" in report
+
+
+def test_fit_of_small_images_trains_the_conv_tokenizer_and_its_export_predicts(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=10, broken=False, sizes=((32, 32), (36, 40)))
+    run = tmp_path / "run"
+    args = ["fit", str(folder), "--epochs", "1", "--output", str(run), "--quiet", "model.overrides.depth=1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "recipe: relvit-joint model.preset=vit_lite_conv (rule small-data-conv" in result.output
+    fitted = json.loads((run / "fit.json").read_text())
+    assert fitted["recipe"]["overrides"] == ["model.preset=vit_lite_conv"] and fitted["geometry"]["patch_size"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["preset"] == "vit_lite_conv"
+    assert "| recipe | `relvit-joint model.preset=vit_lite_conv` |" in (run / "report.md").read_text()
+    table = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(app, ["predict", str(run / "export"), str(folder / "circle"), "--csv", str(table)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(table.open()))[1:]
+    assert len(rows) == 10 and all(row[1] in CLASSES for row in rows)
 
 
 def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):

@@ -332,7 +332,7 @@ def fit(
         if result.slowdown and result.after_decoding_s > result.budget_s:
             spent += f", epochs {result.slowdown:.1f}x slower than measured"
     lines += [
-        f"{epochs_text(run)} of {result.recipe.recipe} at {result.geometry.image_size} px / patch "
+        f"{epochs_text(run)} of {result.recipe.text} at {result.geometry.image_size} px / patch "
         f"{result.geometry.patch_size}; {spent}; decoding {result.decode_s:.0f} s",
         f"report: {result.run_dir / 'report.md'}",
         f"export: {result.export_dir}",

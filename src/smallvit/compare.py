@@ -702,8 +702,8 @@ def write_report(rows: list[Row], output: str | Path, command: str | None = None
     with metrics.jsonl) and ``runs/`` (a copy of each run's summaries, configs and metrics, without checkpoints, so
     that ``smallvit compare OUTPUT/runs`` gives the same table from files small enough to keep). ``runs/`` is
     replaced on every write, unless some rows were read from it: then its copies are kept and the other runs are
-    added to them, so a report grows as seeds finish on other machines
-    (``smallvit compare OUTPUT/runs runs/sweeps/NAME --output OUTPUT``). Returns the files written, ``report.md`` first."""
+    added to them, so a report grows as seeds finish on other machines (``smallvit compare OUTPUT/runs
+    runs/sweeps/NAME --output OUTPUT``). Returns the files written, ``report.md`` first."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = []
