@@ -234,10 +234,11 @@ def test_a_report_grows_from_its_own_copies_and_new_runs(sweep_runs, tmp_path):
     report = tmp_path / "report"
     write_report(compare_rows(collect_runs([sweep_runs]))[0], report)
     later = _run(tmp_path / "later", "weak", 2, 0.42, 0.46, baseline=True, curve=[(1, 0.1), (2, 0.2)])
-    rows, notes = compare_rows(collect_runs([report / "runs", sweep_runs / "strong" / "seed0", later.parent]))
+    rows, notes = compare_rows(collect_runs([later.parent, report / "runs", sweep_runs / "strong" / "seed0"]))
     write_report(rows, report)
     assert sorted(p.name for p in (report / "runs" / "weak").iterdir()) == ["seed0", "seed1", "seed2"]
     assert sorted(p.name for p in (report / "runs" / "strong").iterdir()) == ["seed0", "seed1", "seed2"]
+    assert [row.seeds for row in rows] == [[0, 1, 2], [0, 1, 2]]  # in order, though seed 2 of weak was found first
     assert len(notes) == 1 and "counted once" in notes[0]
     [weak, strong] = rows_json(compare_rows(collect_runs([report / "runs"]))[0])
     assert (weak["runs"], weak["top1_mean"], strong["runs"], strong["gain_mean"]) == (3, 40.0, 3, 2.0)

@@ -472,6 +472,7 @@ def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[li
     names = _disambiguate(groups)
     rows = []
     for key, members in groups.items():
+        members.sort(key=lambda r: (r.seed is None, r.seed or 0))  # seeds in order, wherever each was found
         top1 = mean_std([100 * r.top1 for r in members if r.top1 is not None])
         val = mean_std([100 * r.val1 for r in members if r.val1 is not None])
         walls = [r.wall_clock_s for r in members if r.wall_clock_s is not None]
