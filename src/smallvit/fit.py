@@ -162,8 +162,8 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
     (1) The quickstart baseline (vit_lite, crop + flip, label smoothing 0.1, AdamW 1e-3) + RelViT's relations and
     absolute-position objectives, position embedding on; ``vit_lite_conv`` replaces the patch projection by CCT's
     convolutional tokenizer. (2) CIFAR-10 sample at 32 px / patch 4, 204 images per class, 60 epochs (issue 10's
-    protocol, README results): test top-1 55.00 ± 0.78 (2 seeds) against 47.65 ± 0.40 (3 seeds) for the baseline,
-    +7.35; validation 58.50 against 53.73; its step costs 1.18x the baseline's (bench_objectives). (3) At patch 16
+    protocol, README results): test top-1 54.83 ± 0.62 against 47.65 ± 0.40 for the baseline (3 seeds each),
+    +7.18; validation 57.53 against 53.73; its step costs 1.18x the baseline's (bench_objectives). (3) At patch 16
     the conv tokenizer's step costs 2.9x, and whether it helps there is not measured yet (imagenette-2040 is queued);
     RelViT-joint alone costs 1.0x and gained +4.0 in a 112 px / patch 16 user trial (40 epochs), +5.2 at 20 epochs
     and +2.70 test at 60 epochs (one seed) on the CIFAR-10 sample. (4) No result yet with this much data per class:
@@ -187,8 +187,8 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
         return RecipeChoice(
             "relvit-joint",
             "small-data-conv",
-            f"{images} at patch {patch_size}: the conv tokenizer + relations + abs_position gained +7.35 test points "
-            "over the baseline on the 204-per-class CIFAR-10 sample at 32 px / patch 4 (60 epochs, 2 seeds), for "
+            f"{images} at patch {patch_size}: the conv tokenizer + relations + abs_position gained +7.18 test points "
+            "over the baseline on the 204-per-class CIFAR-10 sample at 32 px / patch 4 (60 epochs, 3 seeds), for "
             "1.18x its step time; pre-training did not pay at these budgets",
             ("model.preset=vit_lite_conv",),
         )
