@@ -710,7 +710,8 @@ def write_report(rows: list[Row], output: str | Path, command: str | None = None
     written = []
     copies = output / "runs"
     runs = [run for row in rows for run in row.runs]
-    kept = [run for run in runs if copies.resolve() in run.source.resolve().parents]
+    own_copies = copies.resolve()
+    kept = [run for run in runs if own_copies in run.source.resolve().parents]
     if not kept:
         shutil.rmtree(copies, ignore_errors=True)
     for row in rows:
