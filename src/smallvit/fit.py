@@ -166,7 +166,7 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
     +7.18; validation 57.53 against 53.73; its step costs 1.18x the baseline's (bench_objectives). (3) At patch 16
     the conv tokenizer's step costs 2.9x; at equal epochs it gained +19.00 test on imagenette-2040 at 112 px (with
     RelViT-joint, 40 epochs, 3 seeds), but at equal time (fit's budget) it trains a third of the epochs: 14 epochs
-    scored 52.30 validation against 51.33 for RelViT-joint's 40 (two seeds), within noise. RelViT-joint alone costs
+    scored 52.53 validation against 51.33 for RelViT-joint's 40 (3 seeds), within noise. RelViT-joint alone costs
     1.0x and gained +4.77 test on imagenette-2040 (3 seeds), +4.0 in a 112 px / patch 16 user trial, +5.2 at 20
     epochs and +2.70 test at 60 epochs (one seed) on the CIFAR-10 sample.
     (4) No result yet with this much data per class: the gains were measured at 204 per class, so they are not
@@ -201,7 +201,7 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
         f"{images} at patch {patch_size}: the baseline + relations + abs_position gained +4.77 test points on "
         "imagenette-2040 at 112 px / patch 16 (40 epochs, 3 seeds) and +5.2 on the CIFAR-10 sample (20 epochs); the "
         "conv tokenizer gains more per epoch but costs 2.9x a step at patch 16, and at equal time it matched this "
-        "recipe on validation (two seeds), so it is not chosen above patch "
+        "recipe on validation (3 seeds), so it is not chosen above patch "
         f"{CONV_TOKENIZER_MAX_PATCH}; pre-training did not pay at these budgets",
     )
 
