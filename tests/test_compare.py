@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from smallvit import cli
 from smallvit.cli import app
 from smallvit.compare import (
+    TOP1,
     collect_runs,
     compare_rows,
     gain,
@@ -261,6 +262,45 @@ def test_cli_compare_json_and_output(sweep_runs, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "report.md").is_file()
 
 
+def _choose(folder: Path, best: dict) -> None:
+    """Give a fabricated run the checkpoint it chose on validation (``best`` of its summary)."""
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["best"] = best
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_checkpoint_best_reads_the_validation_chosen_checkpoint(tmp_path):
+    root = tmp_path / "runs"
+    chosen = _run(root, "a", 0, 0.40, 0.50, curve=[(20, 0.48), (40, 0.55), (60, 0.50)])
+    _choose(chosen, {"metric": "val/supervised/acc1", "value": 0.55, "epoch": 40, "test": {TOP1: 0.41}})
+    by_loss = _run(root, "a", 1, 0.44, 0.52, curve=[(20, 0.47), (40, 0.53), (60, 0.52)])
+    _choose(by_loss, {"metric": "val/loss", "value": 1.2, "epoch": 20, "test": {TOP1: 0.43}})
+    _run(root, "a", 2, 0.42, 0.51)  # chose nothing on validation: its last weights are what it keeps
+    [final], _ = compare_rows(collect_runs([root]))
+    [best], _ = compare_rows(collect_runs([root], checkpoint="best"))
+    assert [100 * r.top1 for r in final.runs] == pytest.approx([40, 44, 42])
+    assert [100 * r.top1 for r in best.runs] == pytest.approx([41, 43, 42])
+    # validation top-1 of the chosen checkpoint: the metric itself, else the curve at the chosen epoch
+    assert [100 * r.val1 for r in best.runs] == pytest.approx([55, 47, 51])
+    assert best.top1_mean == pytest.approx(42.0) and best.val_mean == pytest.approx(51.0)
+    assert rows_json([best])[0]["checkpoint"] == "best"
+    assert "chose on validation" in write_report([best], tmp_path / "out").pop(0).read_text()
+    with pytest.raises(SmallViTError, match="unknown checkpoint 'last': use one of final, best"):
+        collect_runs([root], checkpoint="last")
+
+
+def test_cli_compare_checkpoint_option(sweep_runs, tmp_path):
+    _choose(sweep_runs / "strong" / "seed0", {"metric": "val/supervised/acc1", "value": 0.6, "test": {TOP1: 0.46}})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["compare", str(sweep_runs), "--checkpoint", "best", "--json", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    strong = json.loads(result.stdout)[1]
+    assert strong["top1_runs"] == [46, 42, 44] and strong["checkpoint"] == "best"
+    assert "--checkpoint best --output" in (out / "report.md").read_text().split("\n")[2]
+
+
 def test_cli_compare_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["smallvit", "compare", str(tmp_path / "nope")])
     with pytest.raises(SystemExit) as exit_:
@@ -285,7 +325,8 @@ def test_every_kept_report_comes_back_from_its_run_copies_in_the_repository(repo
     text = report.read_text()
     generated_by = text.split("\n")[2]
     baseline = generated_by.split("--baseline ")[1].split()[0] if "--baseline " in generated_by else None
-    rows, _ = compare_rows(collect_runs([report.parent / "runs"]), baseline=baseline)
+    checkpoint = generated_by.split("--checkpoint ")[1].split()[0] if "--checkpoint " in generated_by else "final"
+    rows, _ = compare_rows(collect_runs([report.parent / "runs"], checkpoint), baseline=baseline)
     table = markdown_table(rows).splitlines()
     kept = [line for line in text.splitlines() if line.startswith("|")]
     assert table[:2] == kept[:2] and sorted(table[2:]) == sorted(kept[2:])

@@ -501,6 +501,10 @@ def compare(
         Path | None, typer.Option(help="Folder for report.md, accuracy.png, val_curves.png and copies of the runs.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+    checkpoint: Annotated[
+        str,
+        typer.Option(help="final: the last epoch's accuracies; best: those of the checkpoint chosen on validation."),
+    ] = "final",
 ) -> None:
     """Table of runs grouped by row: test/validation top-1 (mean ± std over seeds), gain over a baseline, speed."""
     import json
@@ -508,7 +512,7 @@ def compare(
 
     from smallvit.compare import collect_runs, compare_rows, rows_json, rows_table, write_report
 
-    rows, notes = compare_rows(collect_runs(paths), baseline=baseline)
+    rows, notes = compare_rows(collect_runs(paths, checkpoint), baseline=baseline)
     for note in notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     if as_json:
@@ -517,6 +521,7 @@ def compare(
         console.print(rows_table(rows))
     if output is not None:
         command = ["smallvit", "compare", *map(str, paths), *(["--baseline", baseline] if baseline else [])]
+        command += ["--checkpoint", checkpoint] if checkpoint != "final" else []
         written = write_report(rows, output, command=shlex.join([*command, "--output", str(output)]))
         (err_console if as_json else console).print(f"wrote {', '.join(map(str, written))}", highlight=False)
 

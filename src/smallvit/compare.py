@@ -10,7 +10,10 @@ averaged together. The same run found twice (a run folder and a copy of its summ
 
 **What the numbers are.** Top-1 is the test top-1 of the run's last epoch (``final["test/supervised/acc1"]``,
 pre-declared: never a checkpoint chosen on the test split); validation top-1 is ``final["val/supervised/acc1"]``;
-a multi-stage run's are those of its last stage. A legacy summary (``eval/supervised/acc1``, measured on the test
+a multi-stage run's are those of its last stage. With ``checkpoint="best"`` both are those of the checkpoint the run
+chose on validation (``best.safetensors``: ``best["test"]`` and the validation top-1 at ``best["epoch"]``), the
+figures a user who keeps that checkpoint gets; a run that chose none (``train.best_metric: null``) keeps its last
+weights, so its final figures stand. A legacy summary (``eval/supervised/acc1``, measured on the test
 split) gives the test top-1 and no validation. Accuracies are in %, as mean ± the sample standard deviation over
 the row's runs (n − 1 in the denominator; none for one run). The gain of a row is its mean minus the baseline row's
 mean, in points, ± sqrt(s1²/n1 + s2²/n2), the standard deviation of a difference of two independent means (given
@@ -42,6 +45,7 @@ from rich.table import Table
 from smallvit.errors import SmallViTError
 
 TOP1, VAL1, LEGACY_TOP1 = "test/supervised/acc1", "val/supervised/acc1", "eval/supervised/acc1"
+CHECKPOINTS = ("final", "best")  # which weights' accuracies a comparison reads (see the module docstring)
 _RUN_FILES = ("summary.json", "sweep.json", "config.yaml", "recipe.yaml", "metrics.jsonl", "evaluations.jsonl")
 
 
@@ -57,8 +61,9 @@ class RunResult:
     protocol: str | None = None  # "legacy", a hash of the splits' sha256s, or None when not recorded
     test_split: str | None = None  # the test split's sha256, when recorded
     seed: int | None = None
-    top1: float | None = None  # fractions, as in summary.json
+    top1: float | None = None  # fractions, as in summary.json, of the weights `checkpoint` names
     val1: float | None = None
+    checkpoint: str = "final"
     wall_clock_s: float | None = None
     images_per_s: float | None = None
     device: str | None = None
@@ -131,6 +136,7 @@ class Row:
                 "top1_mean": self.top1_mean,
                 "top1_std": self.top1_std,
                 "top1_runs": [_percent(r.top1) for r in self.runs],
+                "checkpoint": self.runs[0].checkpoint,
                 "val_mean": self.val_mean,
                 "val_std": self.val_std,
                 "baseline": self.baseline,
@@ -271,8 +277,20 @@ def _stage_numbers(stages: list[dict]) -> tuple[float | None, float | None]:
     return wall, (sum(r * w for r, w in rates) / weight if weight else statistics.mean(r for r, _ in rates))
 
 
-def read_run(path: Path) -> RunResult:
-    """Read a run folder (its ``summary.json``, ``sweep.json`` and configs) or a summary file, new or old format."""
+def _best_checkpoint(stage: dict, curve: list[tuple[float, float]]) -> tuple[float, float | None] | None:
+    """(test top-1, validation top-1) of the checkpoint a stage chose on validation; None when it chose none."""
+    best = stage.get("best") or {}
+    test = (best.get("test") or {}).get(TOP1)
+    if test is None:
+        return None
+    if best.get("metric") == VAL1:
+        return test, best.get("value")
+    return test, dict(curve).get(float(best["epoch"])) if best.get("epoch") is not None else None
+
+
+def read_run(path: Path, checkpoint: str = "final") -> RunResult:
+    """Read a run folder (its ``summary.json``, ``sweep.json`` and configs) or a summary file, new or old format;
+    ``checkpoint`` ("final" or "best") names the weights whose accuracies are read (see the module docstring)."""
     folder = path if path.is_dir() else (path.parent if path.name == "summary.json" else None)
     summary_path = path / "summary.json" if path.is_dir() else path
     data = _load_json(summary_path)
@@ -331,6 +349,9 @@ def read_run(path: Path) -> RunResult:
         run.knn = run.knn if run.knn is not None else _last_evaluation(first, "knn")
         run.linear = run.linear if run.linear is not None else _last_evaluation(first, "linear")
         run.curve = _validation_curve(stage_dir)
+    if checkpoint == "best" and not legacy and (chosen := _best_checkpoint(last, run.curve)):
+        run.top1, run.val1 = chosen
+    run.checkpoint = checkpoint
     return run
 
 
@@ -362,11 +383,14 @@ def _looks_like_summary(path: Path) -> bool:
         return False
 
 
-def collect_runs(paths: list[str | Path]) -> list[RunResult]:
+def collect_runs(paths: list[str | Path], checkpoint: str = "final") -> list[RunResult]:
     """Every finished run in ``paths``: run folders, summary files, sweep files (their runs_dir) or folders searched
-    recursively. Raises a one-line error for a missing path or when nothing is found."""
+    recursively, read at ``checkpoint`` ("final" or "best"). Raises a one-line error for a missing path, an unknown
+    checkpoint or when nothing is found."""
     from smallvit.sweep import load_sweep
 
+    if checkpoint not in CHECKPOINTS:
+        raise SmallViTError(f"unknown checkpoint '{checkpoint}': use one of {', '.join(CHECKPOINTS)}")
     found: list[Path] = []
     for given in map(Path, paths):
         if not given.exists():
@@ -382,7 +406,7 @@ def collect_runs(paths: list[str | Path]) -> list[RunResult]:
         shown = " ".join(map(str, paths))
         raise SmallViTError(f"no finished run (summary.json) under {shown}: train or finish runs first")
     originals = {p.resolve(): p for p in found}
-    return [read_run(originals[p]) for p in unique]
+    return [read_run(originals[p], checkpoint) for p in unique]
 
 
 # ---------------------------------------------------------------- rows
@@ -564,12 +588,24 @@ def table_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-FOOTNOTES = [
-    "test top-1: the last epoch's, on the test split (never a checkpoint chosen on it); mean ± sample std over runs.",
+CHECKPOINT_NOTES = {
+    "final": "test and val top-1: the last epoch's (never a checkpoint chosen on the test split); mean ± sample std "
+    "over runs.",
+    "best": "test and val top-1: the checkpoint each run chose on validation (best.safetensors; its last weights "
+    "when it chose none); mean ± sample std over runs.",
+}
+GAIN_NOTE = (
     "gain: row mean − baseline mean in points, ± sqrt(s1²/n1 + s2²/n2) when both rows have ≥ 2 runs; only for rows "
-    "tested on the baseline's test images.",
-]
+    "tested on the baseline's test images."
+)
 LEGACY_NOTE = "† legacy summary (before validation splits): top-1 measured on the test split, no validation."
+
+
+def footnotes(rows: list[Row]) -> list[str]:
+    """What the table's numbers are: which weights were read, the gain, the legacy mark when a row has it."""
+    read = dict.fromkeys(run.checkpoint for row in rows for run in row.runs)
+    notes = [CHECKPOINT_NOTES[c] for c in read or ["final"]]
+    return notes + [GAIN_NOTE] + ([LEGACY_NOTE] if any(r.legacy for r in rows) else [])
 
 
 def rows_table(rows: list[Row]) -> Table:
@@ -578,8 +614,7 @@ def rows_table(rows: list[Row]) -> Table:
     table = Table(*header)
     for row, line in zip(rows, cells):
         table.add_row(*line, style="bold" if row.baseline else None)
-    notes = FOOTNOTES + ([LEGACY_NOTE] if any(r.legacy for r in rows) else [])
-    table.caption = "\n".join(notes)
+    table.caption = "\n".join(footnotes(rows))
     table.caption_justify = "left"
     return table
 
@@ -726,7 +761,7 @@ def write_report(rows: list[Row], output: str | Path, command: str | None = None
         (_plot_curves(rows, output / "val_curves.png"), "Validation top-1 per epoch"),
     ]
     lines = ["# Comparison", "", f"Generated by `{command or 'smallvit compare'}`.", "", markdown_table(rows), ""]
-    lines += [f"- {note}" for note in FOOTNOTES + ([LEGACY_NOTE] if any(r.legacy for r in rows) else [])]
+    lines += [f"- {note}" for note in footnotes(rows)]
     lines.append("")
     for plot, title in plots:
         if plot is not None:
@@ -747,6 +782,7 @@ __all__ = [
     "RunResult",
     "collect_runs",
     "compare_rows",
+    "footnotes",
     "gain",
     "mean_std",
     "read_run",
