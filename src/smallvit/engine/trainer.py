@@ -246,7 +246,7 @@ def optimizer_step(
         for key, value in {"loss": loss, **metrics}.items():
             value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
             totals[key] = totals.get(key, 0.0) + value * share
-    finite = bool(torch.isfinite(totals["loss"]))
+    finite = bool(torch.isfinite(totals["loss"]))  # the step's one device sync, as torch.amp.GradScaler.step makes
     if dist.is_initialized() and dist.get_world_size() > 1:  # distributed: every rank skips (or stops) together
         flag = torch.tensor([float(finite)], device=totals["loss"].device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
