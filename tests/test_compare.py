@@ -106,7 +106,7 @@ def test_gain_has_no_std_when_a_row_has_one_run(tmp_path):
 
 def test_baseline_option_overrides_the_sweeps_flag_and_unknown_names_are_errors(sweep_runs):
     rows, _ = compare_rows(collect_runs([sweep_runs]), baseline="strong")
-    weak, strong = rows
+    strong, weak = rows  # the baseline row comes first, wherever its sweep placed it
     assert strong.baseline and not weak.baseline and weak.gain_mean == pytest.approx(-3.0)
     with pytest.raises(SmallViTError, match="--baseline nope: no such row"):
         compare_rows(collect_runs([sweep_runs]), baseline="nope")
