@@ -92,10 +92,13 @@ def test_position_objectives_run_on_it(spec):
     assert out.loss.isfinite() and backbone.model.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("cls_token", [True, False])
-def test_export_loads_with_create_timm_model(tmp_path, cls_token):
+@pytest.mark.parametrize(("cls_token", "pos_embed"), [(True, True), (False, True), (True, False)])
+def test_export_loads_with_create_timm_model(tmp_path, cls_token, pos_embed):
     torch.manual_seed(0)
-    backbone = build_backbone("vit_lite_conv", img_size=32, patch_size=4, depth=2, cls_token=cls_token).eval()
+    backbone = build_backbone(
+        "vit_lite_conv", img_size=32, patch_size=4, depth=2, cls_token=cls_token, pos_embed=pos_embed
+    )
+    backbone.eval()
     head = {"head.weight": torch.randn(10, 192), "head.bias": torch.randn(10)}
     export_timm(backbone, tmp_path, head=head)
     config = json.loads((tmp_path / "config.json").read_text())
