@@ -245,6 +245,20 @@ def test_a_report_grows_from_its_own_copies_and_new_runs(sweep_runs, tmp_path):
     assert (weak["runs"], weak["top1_mean"], strong["runs"], strong["gain_mean"]) == (3, 40.0, 3, 2.0)
 
 
+def test_a_report_read_from_its_copies_listed_last_is_not_copied_twice(sweep_runs, tmp_path):
+    """Copies listed after the runs they copy: each run counts once, as the original, and is not copied again."""
+    report = tmp_path / "report"
+    write_report(compare_rows(collect_runs([sweep_runs]))[0], report)
+    shutil.rmtree(sweep_runs / "weak")  # its runs now live in the copies only, so the copies are kept
+    rows, notes = compare_rows(collect_runs([sweep_runs, report / "runs"]))
+    write_report(rows, report)
+    assert len(notes) == 3 and sorted(p.name for p in (report / "runs" / "strong").iterdir()) == [
+        "seed0",
+        "seed1",
+        "seed2",
+    ]
+
+
 def test_report_without_metrics_has_no_curves(tmp_path):
     _run(tmp_path / "runs", "a", 0, 0.4, 0.4)
     written = write_report(compare_rows(collect_runs([tmp_path / "runs"]))[0], tmp_path / "out")

@@ -116,9 +116,10 @@ def test_recipe_rule_by_images_per_class_and_patch_size():
     assert (small.recipe, small.rule, small.overrides) == (
         "relvit-joint",
         "small-data-conv",
-        ("model.preset=vit_lite_conv",),
+        ("model.preset=vit_lite_conv", "model.pos_embed=false"),
     )
-    assert small.text == "relvit-joint model.preset=vit_lite_conv" and "conv tokenizer" in small.reason
+    assert small.text == "relvit-joint model.preset=vit_lite_conv model.pos_embed=false"
+    assert "conv tokenizer" in small.reason and "without a position embedding" in small.reason
     large = choose_recipe(num_train=2040, num_classes=10, patch_size=16)  # the conv tokenizer costs 2.9x here
     assert (large.recipe, large.rule, large.overrides) == ("relvit-joint", "small-data", ())
     assert "imagenette-2040" in large.reason and "2.9x" in large.reason
@@ -262,11 +263,17 @@ def test_fit_of_small_images_trains_the_conv_tokenizer_and_its_export_predicts(t
     args = ["fit", str(folder), "--epochs", "1", "--output", str(run), "--quiet", "model.overrides.depth=1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "recipe: relvit-joint model.preset=vit_lite_conv (rule small-data-conv" in result.output
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert "recipe: relvit-joint model.preset=vit_lite_conv model.pos_embed=false (rule small-data-conv" in output
     fitted = json.loads((run / "fit.json").read_text())
-    assert fitted["recipe"]["overrides"] == ["model.preset=vit_lite_conv"] and fitted["geometry"]["patch_size"] == 4
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["preset"] == "vit_lite_conv"
-    assert "| recipe | `relvit-joint model.preset=vit_lite_conv` |" in (run / "report.md").read_text()
+    assert fitted["recipe"]["overrides"] == ["model.preset=vit_lite_conv", "model.pos_embed=false"]
+    assert fitted["geometry"]["patch_size"] == 4
+    model = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert (model["preset"], model["pos_embed"]) == ("vit_lite_conv", False)
+    assert (
+        "| recipe | `relvit-joint model.preset=vit_lite_conv model.pos_embed=false` |"
+        in (run / "report.md").read_text()
+    )
     table = tmp_path / "predictions.csv"
     result = CliRunner().invoke(app, ["predict", str(run / "export"), str(folder / "circle"), "--csv", str(table)])
     assert result.exit_code == 0, result.output

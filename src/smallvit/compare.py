@@ -733,6 +733,13 @@ def _copy_run(run: RunResult, target: Path) -> None:
                 shutil.copyfile(sub / name, destination)
 
 
+def _same_summary(run: RunResult, copy: Path) -> bool:
+    """Whether ``copy`` (a folder of copies) holds ``run``'s summary, byte for byte."""
+    source = run.folder / "summary.json" if run.folder else run.source
+    copied = copy / "summary.json"
+    return copied.is_file() and copied.read_bytes() == source.read_bytes()
+
+
 def write_report(rows: list[Row], output: str | Path, command: str | None = None) -> list[Path]:
     """Write ``report.md`` (the table, notes and each row's commands), ``accuracy.png``, ``val_curves.png`` (rows
     with metrics.jsonl) and ``runs/`` (a copy of each run's summaries, configs and metrics, without checkpoints, so
@@ -755,6 +762,8 @@ def write_report(rows: list[Row], output: str | Path, command: str | None = None
             if run in kept:
                 continue
             leaf = copies / folder / (f"seed{run.seed}" if run.seed is not None else f"run{i}")
+            if leaf.exists() and _same_summary(run, leaf):
+                continue  # its copy, listed after the original: already there
             _copy_run(run, leaf if not leaf.exists() else leaf.with_name(f"{leaf.name}-{i}"))
     plots = [
         (_plot_accuracy(rows, output / "accuracy.png"), "Top-1 accuracy per row"),
