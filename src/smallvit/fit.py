@@ -167,11 +167,11 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
     test top-1 57.83 ± 0.63 against 47.65 ± 0.40 for the baseline (3 seeds each), +10.18; validation 62.00 against
     53.73, and against 57.53 for the same recipe with the position embedding (chosen on validation); its step costs
     1.18x the baseline's (bench_objectives).
-    (3) At patch 16 the conv tokenizer's step costs 2.9x; at equal epochs it gained +19.00 test on imagenette-2040 at 112 px (with
-    RelViT-joint, 40 epochs, 3 seeds), but at equal time (fit's budget) it trains a third of the epochs: 14 epochs
-    scored 52.53 validation against 51.33 for RelViT-joint's 40 (3 seeds), within noise. RelViT-joint alone costs
-    1.0x and gained +4.77 test on imagenette-2040 (3 seeds), +4.0 in a 112 px / patch 16 user trial, +5.2 at 20
-    epochs and +2.70 test at 60 epochs (one seed) on the CIFAR-10 sample.
+    (3) At patch 16 the conv tokenizer's step costs 2.9x; at equal epochs it gained +19.00 test on imagenette-2040
+    at 112 px (with RelViT-joint, 40 epochs, 3 seeds), but at equal time (fit's budget) it trains a third of the
+    epochs: 14 epochs scored 52.53 validation against 51.33 for RelViT-joint's 40 (3 seeds), within noise. RelViT-joint
+    alone costs 1.0x and gained +4.77 test on imagenette-2040 (3 seeds), +4.0 in a 112 px / patch 16 user trial, +5.2
+    at 20 epochs and +2.70 test at 60 epochs (one seed) on the CIFAR-10 sample.
     (4) No result yet with this much data per class: the gains were measured at 204 per class, so they are not
     assumed to carry over.
 
