@@ -171,7 +171,7 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
     at 112 px (with RelViT-joint, 40 epochs, 3 seeds), but at equal time (fit's budget) it trains a third of the
     epochs: 14 epochs scored 52.53 validation against 51.33 for RelViT-joint's 40 (3 seeds), within noise. RelViT-joint
     alone costs 1.0x and gained +4.77 test on imagenette-2040 (3 seeds), +4.0 in a 112 px / patch 16 user trial, +5.2
-    at 20 epochs and +2.70 test at 60 epochs (one seed) on the CIFAR-10 sample.
+    at 20 epochs and +1.72 ± 0.55 test at 60 epochs (3 seeds) on the CIFAR-10 sample.
     (4) No result yet with this much data per class: the gains were measured at 204 per class, so they are not
     assumed to carry over.
 
