@@ -3,7 +3,7 @@
 # (blank lines and # comments skipped); every sweep is resumable, so rerunning this script continues after an
 # interruption. Run it from a worktree pinned to the commit whose code should produce the numbers, e.g.
 #   git worktree add --detach ../smallvit-queue <commit> && cd ../smallvit-queue
-#   nohup results/queue.sh results/queues/main.txt > ../queue-main.log &
+#   OMP_NUM_THREADS=1 nohup results/queue.sh results/queues/a.txt > ../queue-a.log &
 # It uses the virtual environment given by $SMALLVIT_VENV (default .venv) with this worktree's own src/ first on the
 # path, so edits in another checkout never leak into runs that start later. Runs are niced.
 set -u

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Start the experiment queues on this machine, fresh or not: a worktree pinned to COMMIT (default HEAD) beside this
 # checkout, imagenette-2040 prepared from ../shared/data when the archive is there, and results/queue.sh in the
-# background on every queue file of that commit (results/queues/*.txt), the cores shared evenly between them (one
-# queue gets them all: a run alone on 2 threads is ~1.4x the throughput of two one-thread runs side by side), logs
-# beside the worktree.
+# background on every queue file of that commit (results/queues/*.txt), the cores shared evenly between them (a
+# lone queue gets them all), logs beside the worktree.
 # Finished runs in the worktree are skipped and interrupted ones resume, so running it again after a stop continues;
 # a queue still running is not started twice.
 #   python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"   # once per machine
