@@ -18,7 +18,8 @@ if [ -f "$archive" ]; then
     "$venv/bin/smallvit" prepare imagenette-2040 --source "$archive"
 fi
 queues=("$worktree"/results/queues/*.txt)
-threads=$(( $(nproc) / ${#queues[@]} > 0 ? $(nproc) / ${#queues[@]} : 1 ))
+threads=$(( $(nproc) / ${#queues[@]} ))
+(( threads > 0 )) || threads=1
 for queue in "${queues[@]}"; do
     name=$(basename "$queue" .txt)
     if pgrep -f "queue.sh results/queues/$name.txt" > /dev/null; then
