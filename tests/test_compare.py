@@ -323,6 +323,15 @@ def test_cli_compare_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_the_baseline_sweep_rows_come_first_though_another_sweep_is_found_first(sweep_runs):
+    """A report folding two sweeps lists the baseline's sweep first, whatever order the folders sort in."""
+    other = _run(sweep_runs / "aa-joint", "joint", 0, 0.5, 0.6)
+    entry = json.loads((other / "sweep.json").read_text())
+    (other / "sweep.json").write_text(json.dumps(entry | {"sweep": "aa-joint", "index": 0}))
+    rows, _ = compare_rows(collect_runs([sweep_runs]))
+    assert [row.name for row in rows] == ["weak", "strong", "joint"]
+
+
 def test_a_copied_old_summary_folder_compares(tmp_path):
     if not (REPO / "results" / "summaries" / "quickstart-s0.json").is_file():
         pytest.skip("results/summaries/ is not in this checkout")

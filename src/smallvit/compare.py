@@ -475,8 +475,8 @@ def _disambiguate(groups: dict[tuple, list[RunResult]]) -> dict[tuple, str]:
 def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[list[Row], list[str]]:
     """Group runs into rows and compute their statistics; returns the rows and notes (duplicates dropped).
 
-    The baseline rows come first, then the others in sweep order (by each sweep's first appearance, then the row's
-    place in its sweep file), then in the order the runs were found. ``baseline`` names the baseline row (a name shown
+    The baseline rows come first, then the other rows of the baseline's sweep, then the rest in sweep order (by each
+    sweep's first appearance, then the row's place in its sweep file), then in the order the runs were found. ``baseline`` names the baseline row (a name shown
     in the table or a row name)."""
     notes = []
     sweep_first: dict[str | None, int] = {}
@@ -542,7 +542,8 @@ def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[li
             continue
         row.baseline_row = base.name
         row.gain_mean, row.gain_std = (0.0, None) if base is row else gain(row, base)
-    return sorted(rows, key=lambda row: not row.baseline), notes
+    baseline_sweeps = {run.sweep for base in bases for run in base.runs}
+    return sorted(rows, key=lambda row: (not row.baseline, row.runs[0].sweep not in baseline_sweeps)), notes
 
 
 # ---------------------------------------------------------------- output
