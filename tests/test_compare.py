@@ -15,6 +15,7 @@ from smallvit.compare import (
     TOP1,
     collect_runs,
     compare_rows,
+    curve_style,
     gain,
     markdown_table,
     mean_std,
@@ -330,6 +331,12 @@ def test_the_baseline_sweep_rows_come_first_though_another_sweep_is_found_first(
     (other / "sweep.json").write_text(json.dumps(entry | {"sweep": "aa-joint", "index": 0}))
     rows, _ = compare_rows(collect_runs([sweep_runs]))
     assert [row.name for row in rows] == ["weak", "strong", "joint"]
+
+
+def test_forty_curves_get_forty_different_styles():
+    styles = [curve_style(position) for position in range(40)]
+    assert len(set(styles)) == 40
+    assert styles[0] == ("C0", "-") and styles[10] == ("C0", "--") and styles[39] == ("C9", "-.")
 
 
 def test_a_copied_old_summary_folder_compares(tmp_path):

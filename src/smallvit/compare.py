@@ -691,6 +691,15 @@ def _mean_curve(runs: list[RunResult]) -> tuple[list[float], list[float], list[f
     return epochs, [m for m, _ in stats], [s or 0.0 for _, s in stats]
 
 
+CURVE_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def curve_style(position: int) -> tuple[str, str]:
+    """The colour and line style of the ``position``-th curve: matplotlib's 10 default colours, then the same colours
+    dashed, dotted, dash-dotted, so that up to 40 rows stay apart in a legend."""
+    return f"C{position % 10}", CURVE_LINESTYLES[(position // 10) % len(CURVE_LINESTYLES)]
+
+
 def _plot_curves(rows: list[Row], path: Path) -> Path | None:
     import matplotlib
 
@@ -701,18 +710,20 @@ def _plot_curves(rows: list[Row], path: Path) -> Path | None:
     curves = [(r, c) for r in rows if (c := _mean_curve(r.runs))]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row, (epochs, mean, std) in curves:
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for position, (row, (epochs, mean, std)) in enumerate(curves):
         runs = sum(bool(r.curve) for r in row.runs)
-        (line,) = ax.plot(epochs, mean, "o-", markersize=3, label=f"{row.name} (n={runs})")
+        color, linestyle = curve_style(position)
+        label = f"{row.name} (n={runs})"
+        ax.plot(epochs, mean, marker="o", markersize=3, color=color, linestyle=linestyle, label=label)
         low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
-        ax.fill_between(epochs, low, high, alpha=0.15, color=line.get_color())
+        ax.fill_between(epochs, low, high, alpha=0.15, color=color)
     ax.set_xlabel("epoch (of the last stage)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("Validation top-1 per epoch (mean over seeds, band ± sample std)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
