@@ -476,8 +476,8 @@ def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[li
     """Group runs into rows and compute their statistics; returns the rows and notes (duplicates dropped).
 
     The baseline rows come first, then the other rows of the baseline's sweep, then the rest in sweep order (by each
-    sweep's first appearance, then the row's place in its sweep file), then in the order the runs were found. ``baseline`` names the baseline row (a name shown
-    in the table or a row name)."""
+    sweep's first appearance, then the row's place in its sweep file), then in the order the runs were found.
+    ``baseline`` names the baseline row (a name shown in the table or a row name)."""
     notes = []
     sweep_first: dict[str | None, int] = {}
     for position, run in enumerate(runs):
