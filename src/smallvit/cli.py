@@ -63,9 +63,21 @@ def _stage(run: Path) -> Path:
     return stage
 
 
+def _discard_untrained(run_dir: Path) -> bool:
+    """Remove a new run's folder if it stopped before any stage began training (no ``config.yaml`` in it yet: a
+    set-up error such as an impossible patch size), so that no empty run is left behind and a retry with the same
+    ``--name`` gets that name. Under torchrun the folder is every process's, and is kept."""
+    import shutil
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or any(run_dir.rglob("config.yaml")):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
 def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
     """Train a loaded recipe into ``run_dir`` (a new run), or continue ``run_dir`` when ``recipe`` is None; on
-    Ctrl-C or SIGTERM, say how to resume."""
+    Ctrl-C or SIGTERM, say how to resume; a new run that fails or stops before training leaves no folder."""
     from smallvit.engine.runner import resume_run, run_recipe
     from smallvit.engine.trainer import Interrupted
 
@@ -75,6 +87,9 @@ def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
         else:
             summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
     except (KeyboardInterrupt, Interrupted) as err:
+        if recipe is not None and _discard_untrained(run_dir):
+            err_console.print(f"{err or 'interrupted'} before training began: nothing to resume")
+            raise typer.Exit(130) from None
         err_console.print(
             f"{err or 'interrupted'}: continue with `smallvit train --resume {run_dir}`",
             soft_wrap=True,  # one line, so that the command can be copied
@@ -82,6 +97,10 @@ def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
             highlight=False,
         )
         raise typer.Exit(130) from None
+    except BaseException:
+        if recipe is not None:
+            _discard_untrained(run_dir)
+        raise
     _print_summary(summaries)
 
 
