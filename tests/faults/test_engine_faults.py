@@ -368,7 +368,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_the_run_resumes_exactly(c
 # ---------------------------------------------------------------- races: one process per run folder
 
 
-def test_runs_started_at_once_with_the_same_name_never_share_a_folder(cli, env, tmp_path):
+def test_runs_started_at_once_with_the_same_name_never_share_a_folder(tmp_path):
     for trial in range(20):  # threads in one process
         runs, barrier, made = tmp_path / f"threads{trial}", threading.Barrier(4), []
 
@@ -383,15 +383,13 @@ def test_runs_started_at_once_with_the_same_name_never_share_a_folder(cli, env, 
             thread.join()
         assert len(set(made)) == 4 and all(path.is_dir() for path in made)
 
-    for trial in range(
-        20
-    ):  # two commands started together; an unprepared dataset stops each right after it took a folder
+    script = "import sys; from pathlib import Path; from smallvit.engine.runner import new_run_dir as new; "
+    script += "print(new(Path(sys.argv[1]), 'quickstart', 'same'))"
+    for trial in range(20):  # two processes started together
         runs = tmp_path / f"processes{trial}"
-        children = [cli.start(*train_args(runs, "same", "dataset=svhn"), env=env) for _ in range(2)]
-        results = [child.wait() for child in children]
-        folders = {"".join(result.stdout.split("→")[1].split()) for result in results}  # as printed, unwrapped
-        assert folders == {str(runs / "same"), str(runs / "same-2")}, folders
-        assert sorted(p.name for p in runs.iterdir()) == ["same", "same-2"]
+        command = [sys.executable, "-c", script, str(runs)]
+        children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        assert {child.communicate()[0].strip() for child in children} == {str(runs / "same"), str(runs / "same-2")}
 
 
 def test_a_second_resume_of_a_running_folder_is_refused_with_one_line(cli, env, reference, tmp_path):
