@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -67,8 +68,6 @@ def _discard_untrained(run_dir: Path) -> bool:
     """Remove a new run's folder if it stopped before any stage began training (no ``config.yaml`` in it yet: a
     set-up error such as an impossible patch size), so that no empty run is left behind and a retry with the same
     ``--name`` gets that name. Under torchrun the folder is every process's, and is kept."""
-    import shutil
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or any(run_dir.rglob("config.yaml")):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
