@@ -1,6 +1,7 @@
 """Sweep files: schema errors, plan statuses on fabricated run folders, resume decisions, estimates, the CLI."""
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from smallvit.sweep import (
     run_sweep,
     train_image_count,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 # 10 images per class of cifar10-sample: 100 training images per epoch, known without loading the dataset
 TINY = ["epochs=3", "data.subset.per_class=10"]
@@ -359,3 +362,29 @@ def test_image_counts_leave_out_a_validation_split_carved_from_train():
     own_val = load_recipe("quickstart").stages[0]
     carved = load_recipe("quickstart", ["data.val_split=none", "data.val_fraction=0.25"]).stages[0]
     assert (train_image_count(own_val), train_image_count(carved)) == (2040, 1530)
+
+
+@pytest.mark.parametrize("sweep_file", sorted((REPO / "results" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sweep_kept_in_the_repository_plans_all_its_runs(sweep_file, monkeypatch):
+    """A row with a mistyped override would otherwise stop a queue hours after it was started."""
+    monkeypatch.chdir(REPO)  # sweeps name their recipes relative to where they are run from
+    plan = plan_sweep(load_sweep(sweep_file.relative_to(REPO)), runs_dir="runs-never-made")
+    assert plan.runs and all(p.status == "todo" for p in plan.runs)
+
+
+def _queue_lines() -> list:
+    return [
+        pytest.param(line, id=f"{queue.name}:{number}")
+        for queue in sorted((REPO / "results" / "queues").glob("*.txt"))
+        for number, line in enumerate(queue.read_text().splitlines(), 1)
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("line", _queue_lines())
+def test_every_queue_line_kept_in_the_repository_is_a_valid_sweep_command(line, monkeypatch):
+    sweep_file, *options = shlex.split(line)
+    monkeypatch.chdir(REPO)  # the queue runs from the repository root
+    result = CliRunner().invoke(app, ["sweep", sweep_file, *options, "--dry-run", "--runs-dir", "runs-never-made"])
+    assert result.exit_code == 0, result.output
+    assert " todo;" in result.output and not (REPO / "runs-never-made").exists()
