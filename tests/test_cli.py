@@ -73,10 +73,12 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(tmp_path, monkeypat
     import smallvit.engine.trainer as trainer
 
     real_save = trainer.save_checkpoint
+    crashed = {}
 
     def crash_after_first_epoch(path, tensors, state):
         real_save(path, tensors, state)
         if path.name == "last.safetensors" and state["epoch"] == 1:
+            crashed.update(state)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
@@ -89,6 +91,8 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(tmp_path, monkeypat
     result = CliRunner().invoke(app, ["train", "--resume", str(run), "--quiet"])
     assert result.exit_code == 0, result.output
     assert _eval_records(run) == first
+    summary = json.loads((run / "summary.json").read_text())  # the time of both starts, not of the last alone
+    assert summary["resumed"] and summary["wall_clock_s"] == summary["training_s"] > crashed["train_s"] > 0
 
 
 def _cli(*args, env_dir, **extra_env):

@@ -19,6 +19,7 @@ from smallvit.compare import (
     gain,
     markdown_table,
     mean_std,
+    read_run,
     rows_json,
     rows_table,
     write_report,
@@ -156,6 +157,17 @@ def test_multi_stage_run_reads_its_last_stage_recipe_name_and_probes(tmp_path):
     assert (row.knn_mean, row.linear_mean) == (25.0, 30.0)
     # wall-clock summed over stages; images/s weighted by stage wall-clock: (100 * 50 + 200 * 150) / 200
     assert row.wall_clock_s == 200.0 and row.images_per_s == pytest.approx(175.0)
+
+
+def test_a_resumed_run_counts_the_time_of_every_start(tmp_path):
+    before = {**_stage(0.5, 0.5, wall=675.0), "training_s": 2528.4, "resumed": True}  # last start's wall-clock only
+    after = {**_stage(0.5, 0.5, wall=2528.4), "training_s": 2528.4, "resumed": True}
+    plain = {**_stage(0.5, 0.5, wall=300.0), "training_s": 290.0}  # not resumed: its own wall-clock
+    for name, stage in (("before", before), ("after", after), ("plain", plain)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(stage))
+    walls = {name: read_run(tmp_path / name).wall_clock_s for name in ("before", "after", "plain")}
+    assert walls == {"before": 2528.4, "after": 2528.4, "plain": 300.0}
 
 
 def _old_summary(path: Path, run_id: str, acc1: float, args: list[str]):

@@ -266,9 +266,16 @@ def _legacy_dataset(args: list[str], near: Path) -> str | None:
         return None
 
 
+def _stage_wall_clock(stage: dict) -> float:
+    """Seconds a stage took over all its starts: a resumed stage's ``training_s`` (summaries written before
+    wall-clock counted every start kept only the last start's in ``wall_clock_s``)."""
+    wall = float(stage.get("wall_clock_s") or 0)
+    return max(wall, float(stage.get("training_s") or 0)) if stage.get("resumed") else wall
+
+
 def _stage_numbers(stages: list[dict]) -> tuple[float | None, float | None]:
     """(wall-clock summed over stages, images/s weighted by each stage's wall-clock)."""
-    walls = [float(s.get("wall_clock_s") or 0) for s in stages]
+    walls = [_stage_wall_clock(s) for s in stages]
     rates = [(float(s["images_per_s"]), w) for s, w in zip(stages, walls) if s.get("images_per_s")]
     wall = sum(walls) if any(walls) else None
     if not rates:

@@ -606,7 +606,7 @@ def train(
     log.close()
     if not ddp.is_main:
         return {}
-    wall, trained_s, epochs_run = time.perf_counter() - started, training_s(), step / steps_per_epoch
+    trained_s, epochs_run = training_s(), step / steps_per_epoch
     if out_of_time:
         console.print(
             f"stopped on the time limit of {tc.time_limit_s:g} s of training after {epochs_run:.2f} of {tc.epochs} "
@@ -639,7 +639,7 @@ def train(
         "training_s": round(trained_s, 1),
         "final": final,
         "best": {"metric": tc.best_metric, "value": best, "epoch": best_state.get("epoch"), "test": best_test},
-        "wall_clock_s": round(wall, 1),
+        "wall_clock_s": round(trained_s, 1),  # every start of a resumed run, each up to its last checkpoint
         "images_per_s": round(_steady_throughput(throughput), 1) if throughput else None,
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
         "device": device_name(device),
