@@ -15,6 +15,7 @@ from smallvit.compare import (
     TOP1,
     collect_runs,
     compare_rows,
+    curve_panels,
     curve_style,
     gain,
     markdown_table,
@@ -343,6 +344,22 @@ def test_the_baseline_sweep_rows_come_first_though_another_sweep_is_found_first(
     (other / "sweep.json").write_text(json.dumps(entry | {"sweep": "aa-joint", "index": 0}))
     rows, _ = compare_rows(collect_runs([sweep_runs]))
     assert [row.name for row in rows] == ["weak", "strong", "joint"]
+
+
+def test_validation_curves_of_seeded_and_exploration_rows_get_their_own_panels(sweep_runs, tmp_path):
+    rows, _ = compare_rows(collect_runs([sweep_runs]))
+    assert [(title, [r.name for r in panel]) for title, panel in curve_panels(rows)] == [("", ["weak", "strong"])]
+    _run(sweep_runs, "explore", 0, 0.5, 0.55, curve=[(1, 0.3), (2, 0.4)])
+    rows, _ = compare_rows(collect_runs([sweep_runs]))
+    panels = [(title, [r.name for r in panel]) for title, panel in curve_panels(rows)]
+    assert panels == [
+        ("rows with several seeds", ["weak", "strong"]),
+        ("rows with one seed (exploration)", ["weak", "explore"]),  # the baseline as the reference in both
+    ]
+    written = write_report(rows, tmp_path / "report")
+    assert (tmp_path / "report" / "val_curves.png") in written
+    only_the_baseline_seeded = [row for row in rows if row.name != "strong"]
+    assert [len(panel) for _, panel in curve_panels(only_the_baseline_seeded)] == [2]
 
 
 def test_forty_curves_get_forty_different_styles():

@@ -701,10 +701,27 @@ def _mean_curve(runs: list[RunResult]) -> tuple[list[float], list[float], list[f
 CURVE_LINESTYLES = ("-", "--", ":", "-.")
 
 
+def _curves(rows: list[Row]) -> list[tuple[Row, tuple[list[float], list[float], list[float]]]]:
+    """Each row that has a validation curve, with its mean curve over seeds."""
+    return [(row, curve) for row in rows if (curve := _mean_curve(row.runs))]
+
+
 def curve_style(position: int) -> tuple[str, str]:
     """The colour and line style of the ``position``-th curve: matplotlib's 10 default colours, then the same colours
     dashed, dotted, dash-dotted, so that up to 40 rows stay apart in a legend."""
     return f"C{position % 10}", CURVE_LINESTYLES[(position // 10) % len(CURVE_LINESTYLES)]
+
+
+def curve_panels(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """The validation-curve figure's panels as (title, rows): one panel, unless rows with several seeds (results)
+    and rows with one (exploration) are mixed; then one panel each, the baseline drawn in both as the reference
+    (and one panel still when the baseline is the only row with several seeds)."""
+    seeded = [row for row in rows if sum(bool(r.curve) for r in row.runs) > 1]
+    single = [row for row in rows if row not in seeded]
+    if not single or all(row.baseline for row in seeded):
+        return [("", rows)]
+    reference = [row for row in seeded if row.baseline]
+    return [("rows with several seeds", seeded), ("rows with one seed (exploration)", reference + single)]
 
 
 def _plot_curves(rows: list[Row], path: Path) -> Path | None:
@@ -714,23 +731,25 @@ def _plot_curves(rows: list[Row], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    curves = [(r, c) for r in rows if (c := _mean_curve(r.runs))]
-    if not curves:
+    panels = [(title, curves) for title, panel in curve_panels(rows) if (curves := _curves(panel))]
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(11, 5))
-    for position, (row, (epochs, mean, std)) in enumerate(curves):
-        runs = sum(bool(r.curve) for r in row.runs)
-        color, linestyle = curve_style(position)
-        label = f"{row.name} (n={runs})"
-        ax.plot(epochs, mean, marker="o", markersize=3, color=color, linestyle=linestyle, label=label)
-        low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
-        ax.fill_between(epochs, low, high, alpha=0.15, color=color)
-    ax.set_xlabel("epoch (of the last stage)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("Validation top-1 per epoch (mean over seeds, band ± sample std)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 5 * len(panels)), sharex=True, sharey=True, squeeze=False)
+    for ax, (title, curves) in zip(axes[:, 0], panels):
+        for position, (row, (epochs, mean, std)) in enumerate(curves):
+            runs = sum(bool(r.curve) for r in row.runs)
+            color, linestyle = curve_style(position)
+            label = f"{row.name} (n={runs})"
+            ax.plot(epochs, mean, marker="o", markersize=3, color=color, linestyle=linestyle, label=label)
+            low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+            ax.fill_between(epochs, low, high, alpha=0.15, color=color)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("validation top-1 (%)")
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    axes[-1, 0].set_xlabel("epoch (of the last stage)")
+    fig.suptitle("Validation top-1 per epoch (mean over seeds, band ± sample std)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
