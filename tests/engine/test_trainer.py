@@ -5,6 +5,8 @@ import dataclasses
 import io
 import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,9 +258,23 @@ def test_a_time_limit_stops_after_the_step_that_reaches_it_then_evaluates_checkp
 
 def test_the_summary_records_the_commit_the_run_started_from_not_the_one_at_its_end(tmp_path, monkeypatch):
     commits = iter(["started-here", "checked-out-later"])
-    monkeypatch.setattr(trainer, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(trainer, "git_commit", lambda console=None: next(commits))
     _, summary, _ = _train(tmp_path, "epochs=1")
     assert summary["provenance"]["git_commit"] == "started-here"
+
+
+def test_a_checkout_whose_commit_git_cannot_tell_is_said_in_one_line(monkeypatch):
+    def git_timing_out(args, **kwargs):
+        raise subprocess.TimeoutExpired(args, kwargs["timeout"])
+
+    if not any((folder / ".git").exists() for folder in Path(trainer.__file__).resolve().parents):
+        pytest.skip("smallvit is not installed from a checkout here")
+    monkeypatch.setattr(trainer.subprocess, "run", git_timing_out)
+    out = io.StringIO()
+    assert trainer.git_commit(Console(file=out, width=400)) is None
+    said = out.getvalue().strip()
+    assert said.startswith("warning: git could not tell this checkout's commit (") and "timed out" in said
+    assert "\n" not in said and said.endswith("the summary will have none")
 
 
 def test_a_run_its_time_limit_stopped_resumes_only_once_the_limit_is_raised(tmp_path):

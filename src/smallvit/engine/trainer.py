@@ -390,7 +390,7 @@ def train(
     """
     # ---- set-up
     console = console or Console()
-    commit = git_commit()  # now, not at the end: the checkout may move on while the run trains
+    commit = git_commit(console)  # now, not at the end: the checkout may move on while the run trains
     keep_freed_memory()
     ddp = init_distributed()
     seed_everything(config.train.seed + ddp.rank)
@@ -673,8 +673,9 @@ def epochs_text(summary: dict) -> str:
     )
 
 
-def git_commit() -> str | None:
-    """The commit of the smallvit checkout this code runs from (``+dirty`` with uncommitted changes), else None."""
+def git_commit(console: Console | None = None) -> str | None:
+    """The commit of the smallvit checkout this code runs from (``+dirty`` with uncommitted changes), else None;
+    when the code is in a checkout but git cannot tell, ``console`` gets a one-line warning saying why."""
     source = Path(smallvit.__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -687,7 +688,10 @@ def git_commit() -> str | None:
             text=True,
             timeout=10,
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as err:
+        if console is not None and any((folder / ".git").exists() for folder in source.parents):
+            reason = (getattr(err, "stderr", None) or str(err)).strip().splitlines()[-1]
+            console.print(f"warning: git could not tell this checkout's commit ({reason}): the summary will have none")
         return None
     return commit + ("+dirty" if dirty else "")
 
