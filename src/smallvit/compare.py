@@ -701,6 +701,11 @@ def _mean_curve(runs: list[RunResult]) -> tuple[list[float], list[float], list[f
 CURVE_LINESTYLES = ("-", "--", ":", "-.")
 
 
+def _curve_runs(row: Row) -> int:
+    """How many of the row's runs have a validation curve."""
+    return sum(bool(run.curve) for run in row.runs)
+
+
 def _curves(rows: list[Row]) -> list[tuple[Row, tuple[list[float], list[float], list[float]]]]:
     """Each row that has a validation curve, with its mean curve over seeds."""
     return [(row, curve) for row in rows if (curve := _mean_curve(row.runs))]
@@ -716,7 +721,7 @@ def curve_panels(rows: list[Row]) -> list[tuple[str, list[Row]]]:
     """The validation-curve figure's panels as (title, rows): one panel, unless rows with several seeds (results)
     and rows with one (exploration) are mixed; then one panel each, the baseline drawn in both as the reference
     (and one panel still when the baseline is the only row with several seeds)."""
-    seeded = [row for row in rows if sum(bool(r.curve) for r in row.runs) > 1]
+    seeded = [row for row in rows if _curve_runs(row) > 1]
     single = [row for row in rows if row not in seeded]
     if not single or all(row.baseline for row in seeded):
         return [("", rows)]
@@ -737,9 +742,8 @@ def _plot_curves(rows: list[Row], path: Path) -> Path | None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 5 * len(panels)), sharex=True, sharey=True, squeeze=False)
     for ax, (title, curves) in zip(axes[:, 0], panels):
         for position, (row, (epochs, mean, std)) in enumerate(curves):
-            runs = sum(bool(r.curve) for r in row.runs)
             color, linestyle = curve_style(position)
-            label = f"{row.name} (n={runs})"
+            label = f"{row.name} (n={_curve_runs(row)})"
             ax.plot(epochs, mean, marker="o", markersize=3, color=color, linestyle=linestyle, label=label)
             low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
             ax.fill_between(epochs, low, high, alpha=0.15, color=color)
