@@ -1,5 +1,6 @@
 """Comparing runs: reading new and old summaries, grouping into rows, the statistics by hand, table, JSON, report."""
 
+import itertools
 import json
 import math
 import shutil
@@ -389,3 +390,27 @@ def test_every_kept_report_comes_back_from_its_run_copies_in_the_repository(repo
     table = markdown_table(rows).splitlines()
     kept = [line for line in text.splitlines() if line.startswith("|")]
     assert table[:2] == kept[:2] and sorted(table[2:]) == sorted(kept[2:])
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """The tables of a markdown text, each as its list of lines."""
+    tables, lines = [], text.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("|") and (number == 0 or not lines[number - 1].startswith("|")):
+            tables.append(list(itertools.takewhile(lambda row: row.startswith("|"), lines[number:])))
+    return tables
+
+
+def test_every_results_table_in_the_readme_is_a_kept_reports_table():
+    """The README's result tables are pasted from the kept reports (``results/intro.md`` at each fold, the rest by
+    ``results/readme_section.py``): a paste that missed a fold, or a figure edited by hand, fails here."""
+    kept = [
+        table
+        for report in [*REPO.glob("results/*/report.md"), REPO / "results" / "RESULTS.md"]
+        for table in markdown_tables(report.read_text())
+    ]
+    readme = [table for table in markdown_tables((REPO / "README.md").read_text()) if table[0].startswith("| row |")]
+    assert len(readme) >= 3
+    kept_lines = {line for table in kept for line in table}
+    assert [line for table in readme if table not in kept for line in table if line not in kept_lines] == []
+    assert all(table in kept for table in readme)  # the same lines, in the same order
