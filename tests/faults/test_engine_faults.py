@@ -383,13 +383,27 @@ def test_runs_started_at_once_with_the_same_name_never_share_a_folder(tmp_path):
             thread.join()
         assert len(set(made)) == 4 and all(path.is_dir() for path in made)
 
-    script = "import sys; from pathlib import Path; from smallvit.engine.runner import new_run_dir as new; "
-    script += "print(new(Path(sys.argv[1]), 'quickstart', 'same'))"
-    for trial in range(20):  # two processes started together
-        runs = tmp_path / f"processes{trial}"
-        command = [sys.executable, "-c", script, str(runs)]
-        children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-        assert {child.communicate()[0].strip() for child in children} == {str(runs / "same"), str(runs / "same-2")}
+    # Processes: each imports once (torch is slow to import), then per trial says "ready" and waits for one line
+    # from the test, so every trial's mkdir calls start together instead of whenever each import ends.
+    script = (
+        "import sys; from pathlib import Path; from smallvit.engine.runner import new_run_dir\n"
+        "for runs in sys.argv[1:]:\n"
+        "    print('ready', flush=True); sys.stdin.readline()\n"
+        "    print(new_run_dir(Path(runs), 'quickstart', 'same'), flush=True)\n"
+    )
+    trials = [tmp_path / f"processes{trial}" for trial in range(20)]
+    command = [sys.executable, "-c", script, *map(str, trials)]
+    children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    for runs in trials:
+        assert all(child.stdout.readline() == "ready\n" for child in children)
+        for child in children:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        made = {child.stdout.readline().strip() for child in children}
+        assert made == {str(runs / "same"), str(runs / "same-2"), str(runs / "same-3")}
+    for child in children:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
 
 
 def test_a_second_resume_of_a_running_folder_is_refused_with_one_line(cli, env, reference, tmp_path):
