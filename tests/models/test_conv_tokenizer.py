@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
@@ -143,6 +144,42 @@ def test_deterministic_under_a_fixed_seed():
         torch.manual_seed(0)
         outputs.append(build_backbone("vit_lite_conv", img_size=16, patch_size=4, depth=1).eval()(images).pooled)
     assert torch.equal(*outputs)
+
+
+def ccts_tokenizer(tokenizer: ConvTokenizer, images: torch.Tensor) -> torch.Tensor:
+    """Naive reference: CCT's released Tokenizer order (conv, ReLU, max-pool) in NCHW, with ``tokenizer``'s weights."""
+    x = images
+    for stage in tokenizer.stages:
+        x = F.max_pool2d(F.relu(F.conv2d(x, stage.conv.weight, padding=1)), 3, stride=2, padding=1)
+    return x.flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize(("batch", "img_size", "patch_size"), [(1, (32, 32), 4), (3, (32, 48), 4), (2, (40, 24), 8)])
+def test_tokenizer_computes_ccts_conv_relu_pool_tokens_and_gradients(batch, img_size, patch_size):
+    torch.manual_seed(0)
+    tokenizer = ConvTokenizer(img_size=img_size, patch_size=patch_size, embed_dim=16, hidden_dim=8)
+    images = torch.randn(batch, 3, *img_size)
+    tokens, expected = tokenizer(images), ccts_tokenizer(tokenizer, images)
+    grid = (img_size[0] // patch_size) * (img_size[1] // patch_size)
+    assert tokens.shape == expected.shape == (batch, grid, 16)
+    assert torch.allclose(tokens, expected, rtol=1e-5, atol=1e-5)  # channels_last kernels round differently
+    weights = [stage.conv.weight for stage in tokenizer.stages]
+    grads = torch.autograd.grad(tokens.square().sum(), weights)
+    expected_grads = torch.autograd.grad(expected.square().sum(), weights)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert (grad - expected_grad).norm() <= 1e-5 * expected_grad.norm()  # sums of many rounded terms
+
+
+def test_each_stage_pools_before_its_relu_with_exactly_ccts_values_and_gradients():
+    stage = ConvTokenizer(img_size=16, patch_size=2, embed_dim=8).stages[0]
+    assert list(dict(stage.named_children())) == ["conv", "pool", "act"]
+    features = torch.randn(2, 8, 16, 16, requires_grad=True)  # half of them negative: the ReLU matters
+    pool_then_relu = stage.act(stage.pool(features))
+    relu_then_pool = F.max_pool2d(F.relu(features), 3, stride=2, padding=1)
+    assert torch.equal(pool_then_relu, relu_then_pool)
+    upstream = torch.randn_like(relu_then_pool)
+    grads = [torch.autograd.grad(out, features, upstream)[0] for out in (pool_then_relu, relu_then_pool)]
+    assert torch.equal(*grads) and grads[0].count_nonzero() > 0
 
 
 def test_tokenizer_is_a_timm_embed_layer_on_its_own():
