@@ -44,11 +44,11 @@ class ConvTokenizer(nn.Module):
     (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``, ``feat_ratio``, ``dynamic_feat_size``).
     ``bias`` is accepted for that signature and unused: CCT's convolutions have none, and a ReLU follows each.
 
-    Two choices make it cheaper on the CPU: each stage pools *before* its ReLU (max-pool and ReLU commute, so values
-    and gradients are exactly CCT's, and the ReLU touches a quarter of the elements), and it runs in
+    Two choices make it cheaper: each stage pools *before* its ReLU (max-pool and ReLU commute, so values and
+    gradients are exactly CCT's, and the ReLU touches a quarter of the elements), and on the CPU it runs in
     ``channels_last`` memory, for which oneDNN's convolution and max-pool kernels are faster (only float rounding
-    changes). The weights keep the default layout, so checkpoints are unchanged. Measured by
-    ``benchmarks/bench_tokenizer.py``.
+    changes; other devices keep their default layout, as no GPU measurement backs a change there). The weights keep
+    the default layout, so checkpoints are unchanged. Measured by ``benchmarks/bench_tokenizer.py``.
 
     A token sees beyond its patch (13 px at patch 4), so encoding a subset of tokens would leak the others' pixels:
     the backbone refuses masked forwards (MAE) with this tokenizer.
@@ -118,7 +118,9 @@ class ConvTokenizer(nn.Module):
             raise ValueError(f"input size {height}x{width} does not match the model's {self.img_size}")
         if height % self.patch_size[0] or width % self.patch_size[1]:
             raise ValueError(f"input size {height}x{width} is not divisible by the stride {self.patch_size}")
-        x = self.stages(images.contiguous(memory_format=torch.channels_last))
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        x = self.stages(images)
         x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
         return self.norm(x)
 
