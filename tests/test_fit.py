@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
@@ -26,6 +27,7 @@ from smallvit.fit import (
     plan_epochs,
     scan_folder,
 )
+from smallvit.models import build_backbone
 
 CLASSES = ["circle", "square", "stripes"]
 
@@ -90,42 +92,64 @@ pytestmark = pytest.mark.usefixtures("isolated_data")
 @pytest.mark.parametrize(
     ("sides", "size", "patch"),
     [
-        ([32] * 5, 32, 4),  # CIFAR-sized: the README's protocol
-        ([375, 500, 3000], 224, 28),  # photos: clamped to 224
-        ([100, 100, 90, 120], 96, 12),  # median 100 -> patch round(12.5) = 12 -> 96
-        ([60, 50, 70], 64, 8),  # median 60 -> patch round(7.5) = 8 -> 64
+        ([32] * 5, 32, 4),  # CIFAR-sized: the README's protocol, 8 x 8
+        ([112, 100, 130], 112, 16),  # imagenette-2040 as stored: 112 / 8 = 14 -> 16, 7 x 7
+        ([375, 500, 3000], 224, 32),  # photos: clamped to 224; 28 -> 32, 7 x 7
+        ([100, 100, 90, 120], 96, 16),  # median 100: 12.5 -> 16 (log2 3.64), round(6.25) = 6 -> 96
+        ([90, 88, 92], 88, 8),  # median 90: 11.25 -> 8 (log2 3.49), round(11.25) = 11 -> 88
+        ([60, 50, 70], 64, 8),  # median 60: 7.5 -> 8, round(7.5) = 8 -> 64
         ([8, 10, 12], 32, 4),  # thumbnails: raised to 32
     ],
 )
-def test_geometry_takes_the_median_shorter_side_and_an_8x8_grid(sides, size, patch):
+def test_geometry_takes_the_median_shorter_side_and_a_power_of_two_patch_near_size_over_8(sides, size, patch):
     geometry = choose_geometry(sides)
     assert (geometry.image_size, geometry.patch_size, geometry.in_chans) == (size, patch, 3)
-    assert geometry.image_size % geometry.patch_size == 0 and geometry.grid == 8
+    assert geometry.image_size % geometry.patch_size == 0
+
+
+def test_every_geometry_has_a_power_of_two_patch_and_a_grid_near_8x8():
+    for side in range(8, 400):
+        geometry = choose_geometry([side])
+        assert geometry.patch_size & (geometry.patch_size - 1) == 0, side  # a power of two
+        assert geometry.image_size == geometry.patch_size * geometry.grid, side
+        assert 6 <= geometry.grid <= 11, side
+        assert abs(geometry.image_size - min(max(side, 32), 224)) <= geometry.patch_size / 2, side
 
 
 def test_geometry_fits_the_decoded_images_in_memory():
     big = choose_geometry([500] * 3, num_images=200_000, memory_bytes=4 * 2**30)
-    assert big.image_size == 80 and "fit in 4 GiB" in big.size_reason  # isqrt(4 GiB / 600k) = 84 -> patch 10
+    assert big.image_size == 80 and "fit in 4 GiB" in big.size_reason  # isqrt(4 GiB / 600k) = 84 -> patch 8
     assert choose_geometry([500] * 3, num_images=2040).image_size == 224  # 2040 photos: 307 MB at 224 px
     with pytest.raises(DataError):
         choose_geometry([])
 
 
 def test_recipe_rule_by_images_per_class_and_patch_size():
-    small = choose_recipe(num_train=2040, num_classes=10, patch_size=4)  # the CIFAR-10 sample of the evidence
-    assert (small.recipe, small.rule, small.overrides) == (
-        "relvit-joint",
-        "small-data-conv",
-        ("model.preset=vit_lite_conv", "model.pos_embed=false"),
-    )
+    conv = ("model.preset=vit_lite_conv", "model.pos_embed=false")
+    for patch in (4, 8, 16):  # the CIFAR-10 sample of the evidence (4), imagenette-2040's (16), between them (8)
+        small = choose_recipe(num_train=2040, num_classes=10, patch_size=patch)
+        assert (small.recipe, small.rule, small.overrides) == ("relvit-joint", "small-data-conv", conv), patch
+        assert "conv tokenizer" in small.reason and "without a position embedding" in small.reason
+        assert "imagenette-2040" in small.reason and "at equal time" in small.reason
     assert small.text == "relvit-joint model.preset=vit_lite_conv model.pos_embed=false"
-    assert "conv tokenizer" in small.reason and "without a position embedding" in small.reason
-    large = choose_recipe(num_train=2040, num_classes=10, patch_size=16)  # the conv tokenizer costs 2.2x here
+    large = choose_recipe(num_train=2040, num_classes=10, patch_size=32)  # 224 px: the tokenizer costs 7.66x here
     assert (large.recipe, large.rule, large.overrides) == ("relvit-joint", "small-data", ())
-    assert "imagenette-2040" in large.reason and "costs 2.2x a step" in large.reason
+    assert "7.66x" in large.reason and "never trained at this size" in large.reason
     assert choose_recipe(num_train=3000, num_classes=3).recipe == "relvit-joint"  # exactly 1,000 per class
     more = choose_recipe(num_train=3003, num_classes=3, patch_size=4)
     assert (more.recipe, more.rule, more.overrides) == ("quickstart", "more-data", ())
+
+
+@pytest.mark.parametrize("side", [32, 60, 90, 100, 112])
+def test_the_recipe_chosen_for_a_geometry_builds_at_that_geometry(side):
+    geometry = choose_geometry([side])
+    choice = choose_recipe(num_train=100, num_classes=10, patch_size=geometry.patch_size)
+    assert choice.rule == "small-data-conv"
+    backbone = build_backbone(
+        "vit_lite_conv", img_size=geometry.image_size, patch_size=geometry.patch_size, pos_embed=False, depth=1
+    )
+    output = backbone(torch.zeros(2, 3, geometry.image_size, geometry.image_size))
+    assert output.grid == (geometry.grid, geometry.grid) and output.patch_tokens.shape[1] == geometry.grid**2
 
 
 def test_epochs_fill_the_budget_from_the_measured_speed():
@@ -288,10 +312,12 @@ def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):
     args = ["fit", str(folder), "--budget", f"{budget}s", "--output", str(run), "--on-bad-file", "skip", "--quiet"]
     result = CliRunner().invoke(app, [*args, "model.overrides.depth=1"])
     assert result.exit_code == 0, result.output
-    assert "recipe: relvit-joint (rule small-data" in result.output and "geometry: 64 px, patch 8" in result.output
+    assert "geometry: 64 px, patch 8" in result.output  # median shorter side 60 px
+    assert "recipe: relvit-joint model.preset=vit_lite_conv model.pos_embed=false" in result.output
 
     fitted = json.loads((run / "fit.json").read_text())
     assert fitted["geometry"]["image_size"] == 64 and fitted["recipe"]["recipe"] == "relvit-joint"
+    assert fitted["recipe"]["rule"] == "small-data-conv"
     assert fitted["planned_s"] <= 0.9 * budget
     # within B + 20 %, unless other work on this shared machine slowed the epochs down after they were measured
     slowdown = max(1.0, fitted["epoch_s"]["slowdown"])
@@ -304,16 +330,17 @@ def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):
     report = (run / "report.md").read_text()
     for section in ("## Data", "## Choices", "## Training", "## Results", "## Use the model"):
         assert section in report, section
-    for text in ("| image size | 64 px |", "| recipe | `relvit-joint` |", "broken.jpg", "| circle |", "curves.png"):
+    recipe = "| recipe | `relvit-joint model.preset=vit_lite_conv model.pos_embed=false` |"
+    for text in ("| image size | 64 px |", recipe, "broken.jpg", "| circle |", "curves.png"):
         assert text in report, text
     pictures = [
         "curves.png",
         "confusion_matrix.png",
         "worst_val_images.png",
         "position_predictions.png",
-        "position_embedding_similarity.png",
         "attention_distance.png",
     ]
+    assert not (run / "position_embedding_similarity.png").exists()  # the chosen model has no position embedding
     for name in pictures:
         assert_picture(run / name)
         assert f"]({name})" in report, name
