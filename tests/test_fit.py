@@ -108,12 +108,19 @@ def test_geometry_takes_the_median_shorter_side_and_a_power_of_two_patch_near_si
 
 
 def test_every_geometry_has_a_power_of_two_patch_and_a_grid_near_8x8():
-    for side in range(8, 400):
-        geometry = choose_geometry([side])
-        assert geometry.patch_size & (geometry.patch_size - 1) == 0, side  # a power of two
-        assert geometry.image_size == geometry.patch_size * geometry.grid, side
-        assert 6 <= geometry.grid <= 11, side
-        assert abs(geometry.image_size - min(max(side, 32), 224)) <= geometry.patch_size / 2, side
+    for max_size in (112, 224):
+        for side in range(8, 400):
+            geometry = choose_geometry([side], max_size=max_size)
+            assert geometry.patch_size & (geometry.patch_size - 1) == 0, side  # a power of two
+            assert geometry.image_size == geometry.patch_size * geometry.grid, side
+            assert 6 <= geometry.grid <= 11, side
+            assert abs(geometry.image_size - min(max(side, 32), max_size)) <= geometry.patch_size / 2, side
+
+
+def test_geometry_clamps_to_the_recipes_largest_size():
+    photos = choose_geometry([375, 500, 3000], max_size=112)
+    assert (photos.image_size, photos.patch_size, photos.grid) == (112, 16, 7)
+    assert "clamped to 32–112 px" in photos.size_reason
 
 
 def test_geometry_fits_the_decoded_images_in_memory():
@@ -124,27 +131,27 @@ def test_geometry_fits_the_decoded_images_in_memory():
         choose_geometry([])
 
 
-def test_recipe_rule_by_images_per_class_and_patch_size():
+def test_recipe_rule_by_images_per_class():
+    small = choose_recipe(num_train=2040, num_classes=10)  # the CIFAR-10 sample and imagenette-2040 of the evidence
     conv = ("model.preset=vit_lite_conv", "model.pos_embed=false")
-    for patch in (4, 8, 16):  # the CIFAR-10 sample of the evidence (4), imagenette-2040's (16), between them (8)
-        small = choose_recipe(num_train=2040, num_classes=10, patch_size=patch)
-        assert (small.recipe, small.rule, small.overrides) == ("relvit-joint", "small-data-conv", conv), patch
-        assert "conv tokenizer" in small.reason and "without a position embedding" in small.reason
-        assert "imagenette-2040" in small.reason and "at equal time" in small.reason
+    assert (small.recipe, small.rule, small.overrides, small.max_image_size) == (
+        "relvit-joint",
+        "small-data",
+        conv,
+        112,
+    )
     assert small.text == "relvit-joint model.preset=vit_lite_conv model.pos_embed=false"
-    large = choose_recipe(num_train=2040, num_classes=10, patch_size=32)  # 224 px: the tokenizer costs 7.66x here
-    assert (large.recipe, large.rule, large.overrides) == ("relvit-joint", "small-data", ())
-    assert "7.66x" in large.reason and "never trained at this size" in large.reason
-    assert choose_recipe(num_train=3000, num_classes=3).recipe == "relvit-joint"  # exactly 1,000 per class
-    more = choose_recipe(num_train=3003, num_classes=3, patch_size=4)
-    assert (more.recipe, more.rule, more.overrides) == ("quickstart", "more-data", ())
+    assert "conv tokenizer" in small.reason and "without a position embedding" in small.reason
+    assert "imagenette-2040" in small.reason and "at equal time" in small.reason and "7.66x" in small.reason
+    assert choose_recipe(num_train=3000, num_classes=3).rule == "small-data"  # exactly 1,000 per class
+    more = choose_recipe(num_train=3003, num_classes=3)
+    assert (more.recipe, more.rule, more.overrides, more.max_image_size) == ("quickstart", "more-data", (), 224)
 
 
-@pytest.mark.parametrize("side", [32, 60, 90, 100, 112])
-def test_the_recipe_chosen_for_a_geometry_builds_at_that_geometry(side):
-    geometry = choose_geometry([side])
-    choice = choose_recipe(num_train=100, num_classes=10, patch_size=geometry.patch_size)
-    assert choice.rule == "small-data-conv"
+@pytest.mark.parametrize("side", [32, 60, 90, 100, 112, 500])
+def test_the_small_data_recipe_builds_at_every_geometry_it_allows(side):
+    choice = choose_recipe(num_train=100, num_classes=10)
+    geometry = choose_geometry([side], max_size=choice.max_image_size)
     backbone = build_backbone(
         "vit_lite_conv", img_size=geometry.image_size, patch_size=geometry.patch_size, pos_embed=False, depth=1
     )
@@ -288,7 +295,7 @@ def test_fit_of_small_images_trains_the_conv_tokenizer_and_its_export_predicts(t
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # the console wraps long lines
-    assert "recipe: relvit-joint model.preset=vit_lite_conv model.pos_embed=false (rule small-data-conv" in output
+    assert "recipe: relvit-joint model.preset=vit_lite_conv model.pos_embed=false (rule small-data:" in output
     fitted = json.loads((run / "fit.json").read_text())
     assert fitted["recipe"]["overrides"] == ["model.preset=vit_lite_conv", "model.pos_embed=false"]
     assert fitted["geometry"]["patch_size"] == 4
@@ -317,7 +324,7 @@ def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):
 
     fitted = json.loads((run / "fit.json").read_text())
     assert fitted["geometry"]["image_size"] == 64 and fitted["recipe"]["recipe"] == "relvit-joint"
-    assert fitted["recipe"]["rule"] == "small-data-conv"
+    assert fitted["recipe"]["rule"] == "small-data"
     assert fitted["planned_s"] <= 0.9 * budget
     # within B + 20 %, unless other work on this shared machine slowed the epochs down after they were measured
     slowdown = max(1.0, fitted["epoch_s"]["slowdown"])

@@ -3,8 +3,9 @@
 :func:`fit_folder` runs the steps in order, each a function that can be used alone:
 
 1. :func:`scan_folder` — the folder's layout, classes, image counts, sizes, modes and unreadable files (headers only);
-2. :func:`choose_geometry` and :func:`choose_recipe` — the image size, patch size, channels and recipe, by rules
-   written as small pure functions with their evidence in the docstring, so that they can be checked and updated;
+2. :func:`choose_recipe` and :func:`choose_geometry` — the recipe (and the largest image size it was measured at),
+   then the image size, patch size and channels, by rules written as small pure functions with their evidence in the
+   docstring, so that they can be checked and updated;
 3. decoding every split once into the decoded-split cache (timed, reported, not counted in the budget);
 4. :func:`measure_speed` — a few real training steps of the chosen model at the chosen size, an evaluation batch
    and a checkpoint write, and :func:`plan_epochs` — the epochs that fit ``--budget`` (``--epochs`` overrides);
@@ -61,9 +62,10 @@ TOKEN_GRID = 8  # tokens per side aimed at: 8 x 8 = 64, the CIFAR results' grid 
 DECODED_MEMORY_BYTES = 4 * 2**30  # the decoded training images must fit in this much memory
 BUDGET_FILL = 0.9  # plan epochs to fill this share of the budget
 SMALL_DATA_PER_CLASS = 1000
-# A vit_lite_conv model step against vit_lite's (benchmarks/bench_tokenizer.py): 1.16x at patch 4, 1.38x at 8, 2.49x
-# at 16, 7.66x at 32 (224 px), where its first of five stages convolves 224 x 224 pixels.
-CONV_TOKENIZER_MAX_PATCH = 16
+# The conv tokenizer's largest size: imagenette-2040's protocol (patch 16, 7 x 7), where it was measured. A
+# vit_lite_conv model step against vit_lite's (benchmarks/bench_tokenizer.py): 1.16x at 32 px / patch 4, 1.38x at
+# 64 / 8, 2.49x at 112 / 16, 7.66x at 224 / 32.
+CONV_TOKENIZER_MAX_SIZE = 112
 
 
 # ---------------------------------------------------------------- the rules
@@ -90,13 +92,16 @@ class Geometry:
 
 
 def choose_geometry(
-    short_sides: Sequence[int], num_images: int | None = None, memory_bytes: int = DECODED_MEMORY_BYTES
+    short_sides: Sequence[int],
+    num_images: int | None = None,
+    memory_bytes: int = DECODED_MEMORY_BYTES,
+    max_size: int = MAX_IMAGE_SIZE,
 ) -> Geometry:
     """Image size, patch size and channels from the images' shorter sides (the side :func:`fit` resizes).
 
     | step     | rule                                                                                      |
     |----------|-------------------------------------------------------------------------------------------|
-    | size     | the median shorter side, clamped to 32–224 px (1)                                         |
+    | size     | the median shorter side, clamped to 32 px – ``max_size`` (224, or the recipe's) (1)       |
     | memory   | lowered until ``num_images`` decoded images fit in ``memory_bytes`` (2)                   |
     | patch    | the power of two nearest ``size / 8`` (by ratio), at least 4 px (3)                       |
     | snap     | the size becomes the nearest multiple of the patch: a grid of 6 x 6 to 11 x 11 tokens     |
@@ -111,15 +116,15 @@ def choose_geometry(
     once per factor of 2 (:class:`smallvit.models.ConvTokenizer`).
 
     Examples: median 32 px -> 32 / 4 (8 x 8); 112 px -> 112 / 16 (7 x 7); 100 px -> 96 / 16 (6 x 6);
-    60 px -> 64 / 8 (8 x 8); 500 px photos -> 224 / 32 (7 x 7).
+    60 px -> 64 / 8 (8 x 8); 500 px photos -> 224 / 32 (7 x 7), or 112 / 16 with ``max_size=112``.
     """
     if not short_sides:
         raise DataError("no readable image to choose a size from: the folder's images are all unreadable")
     median = statistics.median(short_sides)
-    size = min(max(median, MIN_IMAGE_SIZE), MAX_IMAGE_SIZE)
+    size = min(max(median, MIN_IMAGE_SIZE), max_size)
     reasons = [f"median shorter side {median:g} px"]
-    if median > MAX_IMAGE_SIZE or median < MIN_IMAGE_SIZE:
-        reasons.append(f"clamped to {MIN_IMAGE_SIZE}–{MAX_IMAGE_SIZE} px")
+    if median > max_size or median < MIN_IMAGE_SIZE:
+        reasons.append(f"clamped to {MIN_IMAGE_SIZE}–{max_size} px")
     channels = 3
     if num_images:
         fits = math.isqrt(memory_bytes // (num_images * channels))
@@ -144,12 +149,14 @@ def choose_geometry(
 
 @dataclass(frozen=True)
 class RecipeChoice:
-    """The recipe :func:`choose_recipe` picked, the overrides it adds, the name of the rule that fired, and why."""
+    """The recipe :func:`choose_recipe` picked, the overrides it adds, the largest image size to train it at, the
+    name of the rule that fired, and why."""
 
     recipe: str
     rule: str
     reason: str
     overrides: tuple[str, ...] = ()
+    max_image_size: int = MAX_IMAGE_SIZE
 
     @property
     def text(self) -> str:
@@ -157,32 +164,31 @@ class RecipeChoice:
         return " ".join([self.recipe, *self.overrides])
 
 
-def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> RecipeChoice:
-    """The recipe the project's own results found best for data of this size, at this patch size.
+def choose_recipe(num_train: int, num_classes: int) -> RecipeChoice:
+    """The recipe the project's own results found best for data of this size, and the largest image size for it.
 
-    | rule                | when                                   | recipe                               | evidence |
-    |---------------------|----------------------------------------|--------------------------------------|----------|
-    | ``small-data-conv`` | ≤ 1,000 train images/class, patch 4–16 | ``relvit-joint``, conv tokenizer (1) | (2)      |
-    | ``small-data``      | ≤ 1,000 per class, patch 32            | ``relvit-joint`` (1)                 | (3)      |
-    | ``more-data``       | more than 1,000 per class              | ``quickstart``                       | (4)      |
+    | rule           | when                               | recipe                                         | evidence |
+    |----------------|------------------------------------|------------------------------------------------|----------|
+    | ``small-data`` | ≤ 1,000 training images per class  | ``relvit-joint``, conv tokenizer, ≤ 112 px (1) | (2), (3) |
+    | ``more-data``  | more than 1,000 per class          | ``quickstart``, ≤ 224 px                       | (4)      |
 
     (1) The quickstart baseline (vit_lite, crop + flip, label smoothing 0.1, AdamW 1e-3) + RelViT's relations and
-    absolute-position objectives, position embedding on; ``vit_lite_conv`` replaces the patch projection by CCT's
-    convolutional tokenizer, and there the position embedding is off (RelViT's setting: the position tasks keep
-    teaching).
+    absolute-position objectives, on ``vit_lite_conv`` (CCT's convolutional tokenizer instead of the patch projection)
+    without a position embedding (RelViT's setting: the position tasks keep teaching).
     (2) CIFAR-10 sample at 32 px / patch 4, 204 images per class, 60 epochs (issue 10's protocol, README results):
     test top-1 57.83 ± 0.63 against 47.65 ± 0.40 for the baseline (3 seeds each), +10.18; validation 62.00 against
     53.73, and against 57.53 for the same recipe with the position embedding (chosen on validation); its step costs
     1.18x the baseline's (bench_objectives). imagenette-2040 at 112 px / patch 16, 40 epochs, not re-tuned: 69.07 ±
     0.81 test against 50.07 ± 0.38 (+19.00) and 54.83 for ``relvit-joint`` on vit_lite (3 seeds). There its step
     costs 2.03x (bench_objectives), so fit's budget trains about half the epochs: at equal time (20 epochs against
-    relvit-joint's 40, fixed before the runs) it scored 59.53 ± 0.76 validation against 51.33 ± 1.50 (64.93 test
-    against 54.83; 3 seeds). Patch 8 (64 px) lies between the two: a model step 1.38x vit_lite's, against 1.16x at
-    patch 4 and 2.49x at 16 (bench_tokenizer).
-    (3) At patch 32 the tokenizer's five stages, the first over 224 x 224 pixels, make a model step 7.66x vit_lite's
-    (bench_tokenizer), and no run measured what it gains at that size, so vit_lite: RelViT-joint alone gained +4.77
-    test on imagenette-2040 at 112 px / patch 16 (40 epochs, 3 seeds), +4.0 in a 112 px / patch 16 user trial, +5.2
-    at 20 epochs and +1.72 ± 0.55 test at 60 epochs (3 seeds) on the CIFAR-10 sample.
+    relvit-joint's 40, the margin fixed before the runs) it scored 59.53 ± 0.76 validation against 51.33 ± 1.50
+    (64.93 test against 54.83; 3 seeds). Patch 8 (64 px) lies between the two: a model step 1.38x vit_lite's, against
+    1.16x at patch 4 and 2.49x at 16 (bench_tokenizer).
+    (3) Why at most 112 px: larger photos would get patch 32 at 224 px, where the tokenizer's five stages make a
+    model step 7.66x vit_lite's (bench_tokenizer). The alternative, ``relvit-joint`` on vit_lite at 224 px / patch
+    32, scored 50.47 ± 2.08 validation / 53.63 ± 0.90 test on imagenette-2040 (40 epochs, 3 seeds, about the time of
+    the tokenizer's 20 epochs at 112 px), far below the tokenizer's 59.53 / 64.93 at 112 px; the rule (val below
+    58.03) was fixed before its seeds 1 and 2 ran.
     (4) No result yet with this much data per class: the gains were measured at 204 per class, so they are not
     assumed to carry over.
 
@@ -199,26 +205,20 @@ def choose_recipe(num_train: int, num_classes: int, patch_size: int = 4) -> Reci
             f"{per_class:.0f} training images per class (more than {SMALL_DATA_PER_CLASS}): the gains were "
             "measured at 204 per class only, so the plain supervised baseline is trained",
         )
-    images = f"{per_class:.0f} training images per class (at most {SMALL_DATA_PER_CLASS})"
-    if patch_size <= CONV_TOKENIZER_MAX_PATCH:
-        return RecipeChoice(
-            "relvit-joint",
-            "small-data-conv",
-            f"{images} at patch {patch_size}: the conv tokenizer + relations + abs_position without a position "
-            "embedding gained +10.18 test points over the baseline on the 204-per-class CIFAR-10 sample (32 px / "
-            "patch 4, 60 epochs; chosen on validation over the same with a position embedding) and +19.00 on "
-            "imagenette-2040 (112 px / patch 16, 40 epochs), 3 seeds each; its step costs 1.18x the baseline's at "
-            "patch 4 and 2.03x at patch 16, and at equal time on imagenette-2040 it still beat relvit-joint on "
-            "vit_lite (59.53 against 51.33 validation, 3 seeds); pre-training did not pay at these budgets",
-            ("model.preset=vit_lite_conv", "model.pos_embed=false"),
-        )
     return RecipeChoice(
         "relvit-joint",
         "small-data",
-        f"{images} at patch {patch_size}: the baseline + relations + abs_position gained +4.77 test points on "
-        "imagenette-2040 at 112 px / patch 16 (40 epochs, 3 seeds) and +5.2 on the CIFAR-10 sample (20 epochs); the "
-        f"conv tokenizer, chosen up to patch {CONV_TOKENIZER_MAX_PATCH}, makes a model step 7.66x vit_lite's at "
-        "patch 32 and was never trained at this size; pre-training did not pay at these budgets",
+        f"{per_class:.0f} training images per class (at most {SMALL_DATA_PER_CLASS}): the conv tokenizer + "
+        "relations + abs_position without a position embedding gained +10.18 test points over the baseline on the "
+        "204-per-class CIFAR-10 sample (32 px / patch 4, 60 epochs; chosen on validation over the same with a position "
+        "embedding) and +19.00 on imagenette-2040 (112 px / patch 16, 40 epochs), 3 seeds each; its step costs 1.18x "
+        "the baseline's at patch 4 and 2.03x at patch 16, and at equal time on imagenette-2040 it still beat "
+        "relvit-joint on vit_lite (59.53 against 51.33 validation, 3 seeds); images at most "
+        f"{CONV_TOKENIZER_MAX_SIZE} px, as there: at 224 px / patch 32 its step costs 7.66x, and relvit-joint on "
+        "vit_lite there scored 50.47 validation in about the same time (3 seeds); pre-training did not pay at these "
+        "budgets",
+        ("model.preset=vit_lite_conv", "model.pos_embed=false"),
+        max_image_size=CONV_TOKENIZER_MAX_SIZE,
     )
 
 
@@ -680,8 +680,9 @@ def fit_folder(
         console.print(line, markup=False, highlight=False)
     _check_folder(summary, on_bad_file)
 
-    geometry = choose_geometry([min(size) for size in summary.sizes], num_images=summary.total)
-    recipe = choose_recipe(summary.train_count(), len(summary.classes), geometry.patch_size)
+    recipe = choose_recipe(summary.train_count(), len(summary.classes))
+    sides = [min(size) for size in summary.sizes]
+    geometry = choose_geometry(sides, num_images=summary.total, max_size=recipe.max_image_size)
     say = dict(markup=False, highlight=False)
     console.print(f"geometry: {geometry.image_size} px, patch {geometry.patch_size} ({geometry.reason})", **say)
     console.print(f"recipe: {recipe.text} (rule {recipe.rule}: {recipe.reason})", **say)
