@@ -1,11 +1,12 @@
-"""The conv tokenizer's CPU layout: CCT's order and memory layout against the shipped one, in a whole model step.
+"""The convolutional embed layers' cost in a whole model step: CCT's tokenizer (its own layout and the shipped one) and
+ViT_C's conv stem, against the patch projection.
 
 One step is forward + backward + AdamW of the backbone alone (a mean-square loss on its CLS and patch tokens, no
-augmentation, no objective), timed for three models on the same images: ``vit_lite`` (the patch projection, the
-baseline of the ratios), ``vit_lite_conv`` as CCT's released ``Tokenizer`` runs it (conv → ReLU → max-pool, NCHW)
-and ``vit_lite_conv`` as shipped (conv → max-pool → ReLU, channels_last; see ``ConvTokenizer``). The three are
-interleaved within each repeat so machine noise hits them alike; the fastest repeat of each is reported (the one
-least disturbed), medians are recorded too.
+augmentation, no objective), timed for four models on the same images: ``vit_lite`` (the patch projection, the
+baseline of the ratios), ``vit_lite_conv`` as CCT's released ``Tokenizer`` runs it (conv → ReLU → max-pool, NCHW),
+``vit_lite_conv`` as shipped (conv → max-pool → ReLU, channels_last; see ``ConvTokenizer``) and ``vit_lite_stem``
+(ViT_C's stride-2 conv stem, see ``ConvStem``). The four are interleaved within each repeat so machine noise hits
+them alike; the fastest repeat of each is reported (the one least disturbed), medians are recorded too.
 
     python benchmarks/bench_tokenizer.py [--sizes 32:4 112:16] [--batch-size 128] [--repeats 5] [--threads 2]
 """
@@ -39,8 +40,8 @@ def with_ccts_layout(tokenizer: ConvTokenizer) -> None:
 
 def build(variant: str, img_size: int, patch_size: int) -> nn.Module:
     torch.manual_seed(0)
-    backbone = build_backbone("vit_lite" if variant == "vit_lite" else "vit_lite_conv", img_size=img_size,
-                              patch_size=patch_size)  # fmt: skip
+    preset = {"vit_lite": "vit_lite", "conv stem": "vit_lite_stem"}.get(variant, "vit_lite_conv")
+    backbone = build_backbone(preset, img_size=img_size, patch_size=patch_size)
     if variant == "conv, CCT's layout":
         with_ccts_layout(backbone.model.patch_embed)
     return backbone
@@ -56,7 +57,7 @@ def step_seconds(backbone: nn.Module, optimizer: torch.optim.Optimizer, images: 
 
 
 def measure(img_size: int, patch_size: int, batch_size: int, repeats: int) -> dict:
-    variants = ("vit_lite", "conv, CCT's layout", "conv, shipped")
+    variants = ("vit_lite", "conv, CCT's layout", "conv, shipped", "conv stem")
     images = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     models = {name: build(name, img_size, patch_size) for name in variants}
     optimizers = {name: torch.optim.AdamW(model.parameters()) for name, model in models.items()}

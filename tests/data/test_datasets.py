@@ -525,3 +525,42 @@ def test_registry_names_validation_and_test_splits():
         **dict.fromkeys(["flowers102", "cifar10-sample", "imagenette-2040"], ("val", "test")),
         "imagefolder": ("val", None),
     }
+
+
+CALTECH_ARCHIVE = SHARED_DATA / "caltech101-2020.tar.gz"
+EUROSAT_ARCHIVE = SHARED_DATA / "eurosat-2040.tar.gz"
+
+
+@pytest.mark.skipif(not CALTECH_ARCHIVE.exists(), reason="the shared caltech101-2020 archive is not here")
+def test_real_caltech101_archive_prepares_with_its_layout():
+    # The data README's counts: 20 train images in each of 101 classes, 6-10 validation and 5-30 test images.
+    folder = prepare_dataset("caltech101-2020", source=CALTECH_ARCHIVE)
+    info = get_dataset_info("caltech101-2020")
+    splits = {split: info.read(folder, split) for split in ("train", "val", "test")}
+    assert np.bincount(splits["train"].labels).tolist() == [20] * 101
+    assert len(splits["val"].labels) == 997 and len(splits["test"].labels) == 2276
+    assert np.bincount(splits["test"].labels).min() == 5 and np.bincount(splits["test"].labels).max() == 30
+    assert splits["train"].classes[:5] == ["Faces", "Faces_easy", "Leopards", "Motorbikes", "accordion"]
+    assert all(raw.classes == splits["train"].classes for raw in splits.values())
+    few = replace(splits["val"], images=splits["val"].images[:2], labels=splits["val"].labels[:2])
+    assert decode_images(few, info.image_size, 3).shape == (2, 3, 112, 112)
+
+
+@pytest.mark.skipif(not EUROSAT_ARCHIVE.exists(), reason="the shared eurosat-2040 archive is not here")
+def test_real_eurosat_archive_prepares_with_its_layout():
+    folder = prepare_dataset("eurosat-2040", source=EUROSAT_ARCHIVE)
+    info = get_dataset_info("eurosat-2040")
+    for split, per_class in [("train", 204), ("val", 50), ("test", 100)]:
+        raw = info.read(folder, split)
+        assert np.bincount(raw.labels).tolist() == [per_class] * 10
+        assert raw.classes[0] == "AnnualCrop" and raw.classes[-1] == "SeaLake"
+    few = replace(raw, images=raw.images[:2], labels=raw.labels[:2])
+    assert decode_images(few, info.image_size, 3).shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["caltech101-2020", "eurosat-2040"])
+def test_a_packed_archive_under_another_checksum_is_refused(tmp_path, name):
+    fake = tmp_path / f"{name}.tar.gz"
+    fake.write_bytes(b"not the archive")
+    with pytest.raises(DataError, match="it is not the official file; pass --no-verify"):
+        prepare_dataset(name, source=fake)

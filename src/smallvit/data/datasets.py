@@ -10,6 +10,7 @@ Prepared datasets live in ``<data root>/<name>/`` (data root: ``root``, else ``$
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -255,6 +256,8 @@ def data_root(root: str | Path | None = None) -> Path:
 _CIFAR10_STATS = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)}
 _CIFAR10_JPEG_STATS = {"mean": (0.4913, 0.4821, 0.4465), "std": (0.2452, 0.2428, 0.2606)}  # of its train split
 _IMAGENET_STATS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+_CALTECH101_2020_STATS = {"mean": (0.5482, 0.5192, 0.4847), "std": (0.3145, 0.3122, 0.3216)}  # train split, 112 px
+_EUROSAT_2040_STATS = {"mean": (0.3419, 0.3793, 0.4060), "std": (0.1994, 0.1347, 0.1144)}  # train split, 64 px
 _FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # as zalandoresearch/fashion-mnist
 _FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 
@@ -431,6 +434,48 @@ DATASETS: dict[str, DatasetInfo] = {
                 ),
             ),
             expected=("imagenette-2040/train", "imagenette-2040/val", "imagenette-2040/test"),
+        ),
+        DatasetInfo(
+            name="caltech101-2020",
+            splits=("train", "val", "test"),
+            val_split="val",
+            test_split="test",
+            num_classes=101,
+            image_size=112,  # 144 px files stored at 112 px, patch 16, a 7x7 grid, as imagenette-2040
+            patch_size=16,
+            **_CALTECH101_2020_STATS,
+            read=functools.partial(formats.read_packed, "caltech101-2020"),
+            source_hint="caltech101-2020.tar.gz, or a folder with it or with caltech101-2020/<split>/<class>/<image>",
+            # 20 train, 6-10 val and 5-30 test images per class of Caltech-101's 101 object classes, centre-cropped to
+            # 144 px (GitHub repository MachineLearning2020/Homework2-Caltech101, commit
+            # 836044dd000296b2bb74d0aa4b4e462e459b01d7), packed reproducibly; it has no public URL of its own.
+            files=(
+                DataFile(
+                    "caltech101-2020.tar.gz", "sha256:067562117f176dd78f0d46788da2568f8e100dfedb966a5ee18f58d77d85fad4"
+                ),
+            ),
+            expected=("caltech101-2020/train", "caltech101-2020/val", "caltech101-2020/test"),
+        ),
+        DatasetInfo(
+            name="eurosat-2040",
+            splits=("train", "val", "test"),
+            val_split="val",
+            test_split="test",
+            num_classes=10,
+            image_size=64,  # Sentinel-2 patches at 10 m per pixel, patch 8, an 8x8 grid
+            patch_size=8,
+            **_EUROSAT_2040_STATS,
+            read=functools.partial(formats.read_packed, "eurosat-2040"),
+            source_hint="eurosat-2040.tar.gz, or a folder with it or with eurosat-2040/<split>/<class>/<image>",
+            # 204 train, 50 val and 100 test images per class of EuroSAT RGB's 64x64 land-cover patches (GitHub
+            # repository Mariner07/Satellite_Image_Classification, commit 8b35a735ab6fa8fb8883b7b669f2c1b6588d55ca,
+            # files put back in the class their names give), packed reproducibly; it has no public URL of its own.
+            files=(
+                DataFile(
+                    "eurosat-2040.tar.gz", "sha256:bfe05725fb27160007f39a6a32dd8a2cd13813573ab0c66170af3d26f33a53d0"
+                ),
+            ),
+            expected=("eurosat-2040/train", "eurosat-2040/val", "eurosat-2040/test"),
         ),
         DatasetInfo(
             name="cifar10-sample",

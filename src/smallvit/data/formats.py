@@ -315,6 +315,11 @@ def read_imagenette(folder: Path, split: str) -> RawSplit:
     return RawSplit(raw.images, raw.labels, [IMAGENETTE_CLASSES.get(wnid, wnid) for wnid in raw.classes])
 
 
+def read_packed(name: str, folder: Path, split: str) -> RawSplit:
+    """``<name>/<split>/<class>/<image>``, the layout of the project's packed archives; classes in folder order."""
+    return read_imagefolder(folder / name, split)
+
+
 def read_imagefolder(folder: Path, split: str, val_fraction: float = 0.1, seed: int = 0) -> RawSplit:
     """``folder/<split>/<class>/<image>``, or ``folder/<class>/<image>`` split into ``train`` and ``val`` by holding
     out ``val_fraction`` of each class, chosen with ``seed``. Classes are the sorted class-folder names; in the first

@@ -1,7 +1,7 @@
 """Backbones (timm ViTs, Swins and ResNets behind one forward) and weight adaptation."""
 
 from smallvit.models.backbone import PRESETS, BackboneOutput, ViTBackbone, build_backbone, no_weight_decay_names
-from smallvit.models.layers import ConvTokenizer, cifar_stem
+from smallvit.models.layers import ConvStem, ConvTokenizer, cifar_stem
 from smallvit.models.presets import Preset
 from smallvit.models.resnet import ResNetBackbone
 from smallvit.models.swin import SwinBackbone
@@ -10,6 +10,7 @@ from smallvit.models.weights import LoadReport, adapt_state_dict, create_timm_mo
 __all__ = [
     "PRESETS",
     "BackboneOutput",
+    "ConvStem",
     "ConvTokenizer",
     "LoadReport",
     "Preset",

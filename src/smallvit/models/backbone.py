@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
-from smallvit.models.layers import ConvTokenizer, create_timm, tokenizer_stages
+from smallvit.models.layers import ConvStem, ConvTokenizer, create_timm, tokenizer_stages
 from smallvit.models.presets import PRESETS, BackboneOutput, Preset, TimmBackbone
 from smallvit.models.resnet import ResNetBackbone, build_resnet
 from smallvit.models.swin import SwinBackbone, build_swin
@@ -39,9 +39,9 @@ class ViTBackbone(TimmBackbone):
     def forward(self, images: Tensor, keep: Tensor | None = None) -> BackboneOutput:
         """Encode images; with ``keep`` [B, K] (patch indices), only those patch tokens enter the encoder (MAE)."""
         vit = self.model
-        if keep is not None and isinstance(vit.patch_embed, ConvTokenizer):
+        if keep is not None and isinstance(vit.patch_embed, (ConvTokenizer, ConvStem)):
             raise ConfigError(
-                "a conv tokenizer's tokens see neighbouring patches, so masked patches would leak into the visible "
+                "a convolutional tokenizer's or stem's tokens see neighbouring patches, so masked patches would leak into the visible "
                 "ones (MAE): use a patch-projection ViT preset (e.g. model.preset=vit_lite)"
             )
         tokens = vit._pos_embed(vit.patch_embed(images))
@@ -71,10 +71,10 @@ def build_backbone(
     """Build a backbone from a preset name.
 
     Args:
-        preset: one of :data:`PRESETS` (``vit_lite``, ``vit_lite_conv``, ``vit_tiny``, ..., ``swin_lite``, ...,
+        preset: one of :data:`PRESETS` (``vit_lite``, ``vit_lite_conv``, ``vit_lite_stem``, ``vit_tiny``, ..., ``swin_lite``, ...,
             ``resnet18_cifar``).
         img_size: input resolution in pixels (square).
-        patch_size: patch side in pixels; must divide ``img_size`` (``vit_lite_conv``: the tokenizer's stride, a
+        patch_size: patch side in pixels; must divide ``img_size`` (``vit_lite_conv``, ``vit_lite_stem``: the stride, a
             power of two). Ignored by CNN presets.
         in_chans: input channels.
         pos_embed: ``False`` gives a ViT with no positional information at all (RelViT, position labels); for a
@@ -115,7 +115,7 @@ def build_backbone(
             tokenizer_stages(patch_size)
         except ValueError:
             raise ConfigError(
-                f"model.patch_size={patch_size} is not a power of two >= 2, which {preset}'s conv tokenizer needs "
+                f"model.patch_size={patch_size} is not a power of two >= 2, which {preset}'s convolutional layers need "
                 "(it halves the image log2(patch_size) times): use 2, 4, 8, ..."
             ) from None
     model_args = dict(

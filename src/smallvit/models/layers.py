@@ -4,6 +4,7 @@ A preset's ``changes`` (and an export's ``config.json`` entry ``smallvit_changes
 
 - ``{"embed_layer": "conv_tokenizer"}``: a ViT whose patch projection is :class:`ConvTokenizer`, passed to timm's
   ``VisionTransformer(embed_layer=...)``.
+- ``{"embed_layer": "conv_stem"}``: a ViT whose patch projection is :class:`ConvStem`.
 - ``{"stem": "cifar"}``: a ResNet whose stem is changed after construction by :func:`cifar_stem`.
 
 :func:`create_timm` builds a timm model with its changes; backbones and :func:`~smallvit.models.create_timm_model`
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from smallvit.errors import ConfigError
 
-CHANGES: dict[str, tuple[str, ...]] = {"embed_layer": ("conv_tokenizer",), "stem": ("cifar",)}
+CHANGES: dict[str, tuple[str, ...]] = {"embed_layer": ("conv_tokenizer", "conv_stem"), "stem": ("cifar",)}
 
 
 def tokenizer_stages(patch_size: int) -> int:
@@ -113,16 +114,103 @@ class ConvTokenizer(nn.Module):
         return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
 
     def forward(self, images: Tensor) -> Tensor:
-        height, width = images.shape[-2:]
-        if self.strict_img_size and (height, width) != self.img_size:
-            raise ValueError(f"input size {height}x{width} does not match the model's {self.img_size}")
-        if height % self.patch_size[0] or width % self.patch_size[1]:
-            raise ValueError(f"input size {height}x{width} is not divisible by the stride {self.patch_size}")
+        check_stride_input(images, self.img_size, self.patch_size, self.strict_img_size)
         if images.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         x = self.stages(images)
         x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
         return self.norm(x)
+
+
+class ConvStem(nn.Module):
+    """The convolutional stem of ViT_C (Xiao et al. 2021, "Early Convolutions Help Transformers See Better",
+    NeurIPS), as a timm ``embed_layer``: ``log2(patch_size)`` stride-2 conv3x3 + BatchNorm + ReLU stages, then a
+    conv1x1 to ``embed_dim``. Widths double stage by stage and end at ``embed_dim`` (for 192-d and patch 16: 24, 48,
+    96, 192, the paper's ViT_C-1GF stem), so most of the work runs at low resolution and the stem costs about one
+    transformer block, unlike :class:`ConvTokenizer`, whose stride-1 convolutions run at the image's full size.
+
+    Each stride-2 convolution halves the image, so the token grid is the one a ``patch_size`` patch projection
+    gives. Takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``.
+    As with the tokenizer, a token sees beyond its patch, so masked forwards (MAE) are refused.
+
+    Example:
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=112, patch_size=16, embed_layer=ConvStem)
+        >>> vit.patch_embed.grid_size
+        (7, 7)
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        norm_layer=None,
+        output_fmt: str | None = None,
+        bias: bool = True,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if dynamic_img_pad:
+            raise ValueError("the conv stem does not pad images (dynamic_img_pad=True)")
+        stages = tokenizer_stages(patch_size)
+        self.patch_size = to_2tuple(patch_size)
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.output_fmt = Format(output_fmt) if output_fmt is not None else None
+        self.strict_img_size = strict_img_size
+        widths = [in_chans] + stem_widths(embed_dim, stages)
+        factory = dict(device=device, dtype=dtype)
+        self.stages = nn.Sequential(
+            *[
+                nn.Sequential(
+                    OrderedDict(
+                        conv=nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False, **factory),
+                        norm=nn.BatchNorm2d(c_out, **factory),
+                        act=nn.ReLU(inplace=True),
+                    )
+                )
+                for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+            ]
+        )
+        self.proj = nn.Conv2d(widths[-1], embed_dim, 1, bias=bias, **factory)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Kaiming-normal 3x3 convolutions (fan-out, as timm's ResNets); timm's ViT init calls this for the stem."""
+        for stage in self.stages:
+            nn.init.kaiming_normal_(stage.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        return max(self.patch_size) if as_scalar else self.patch_size
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_stride_input(images, self.img_size, self.patch_size, self.strict_img_size)
+        x = self.proj(self.stages(images))
+        x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
+        return self.norm(x)
+
+
+def stem_widths(embed_dim: int, stages: int) -> list[int]:
+    """Output channels of a :class:`ConvStem`'s stages: doubling, the last one ``embed_dim`` (at least 8 each)."""
+    return [max(8, embed_dim >> (stages - 1 - i)) for i in range(stages)]
+
+
+def check_stride_input(images: Tensor, img_size: tuple[int, int], stride: tuple[int, int], strict: bool) -> None:
+    """The input checks of a strided embed layer: the model's size (when ``strict``) and a multiple of the stride."""
+    height, width = images.shape[-2:]
+    if strict and (height, width) != img_size:
+        raise ValueError(f"input size {height}x{width} does not match the model's {img_size}")
+    if height % stride[0] or width % stride[1]:
+        raise ValueError(f"input size {height}x{width} is not divisible by the stride {stride}")
 
 
 def cifar_stem(model: nn.Module) -> nn.Module:
@@ -159,8 +247,9 @@ def create_timm(arch: str, changes: dict[str, str] | None = None, **kwargs) -> n
     changes would not fit them; load weights afterwards)."""
     changes = changes or {}
     check_changes(changes)
-    if changes.get("embed_layer") == "conv_tokenizer":
-        kwargs["embed_layer"] = ConvTokenizer
+    embed_layers = {"conv_tokenizer": ConvTokenizer, "conv_stem": ConvStem}
+    if "embed_layer" in changes:
+        kwargs["embed_layer"] = embed_layers[changes["embed_layer"]]
     model = timm.create_model(arch, pretrained=False, **kwargs)
     if changes.get("stem") == "cifar":
         cifar_stem(model)

@@ -39,6 +39,14 @@ PRESETS: dict[str, Preset] = {
         "log2(patch_size) conv3x3+ReLU+max-pool stages, same token grid (2.8 M params)",
         changes={"embed_layer": "conv_tokenizer"},
     ),
+    "vit_lite_stem": Preset(
+        "vit_tiny_patch16_224",
+        "vit",
+        VIT_LITE,
+        "vit_lite with ViT_C's convolutional stem (Xiao et al. 2021) instead of the patch projection: "
+        "log2(patch_size) stride-2 conv3x3+BN+ReLU stages and a conv1x1, same token grid, cheap at photo sizes",
+        changes={"embed_layer": "conv_stem"},
+    ),
     "vit_tiny": Preset(
         "vit_tiny_patch16_224", "vit", dict(embed_dim=192, depth=12, num_heads=3), "192-d, 12 layers, 3 heads"
     ),
