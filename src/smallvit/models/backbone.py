@@ -41,8 +41,8 @@ class ViTBackbone(TimmBackbone):
         vit = self.model
         if keep is not None and isinstance(vit.patch_embed, (ConvTokenizer, ConvStem)):
             raise ConfigError(
-                "a convolutional tokenizer's or stem's tokens see neighbouring patches, so masked patches would leak into the visible "
-                "ones (MAE): use a patch-projection ViT preset (e.g. model.preset=vit_lite)"
+                "a convolutional tokenizer's or stem's tokens see neighbouring patches, so masked patches would leak "
+                "into the visible ones (MAE): use a patch-projection ViT preset (e.g. model.preset=vit_lite)"
             )
         tokens = vit._pos_embed(vit.patch_embed(images))
         prefix = vit.num_prefix_tokens
@@ -71,8 +71,8 @@ def build_backbone(
     """Build a backbone from a preset name.
 
     Args:
-        preset: one of :data:`PRESETS` (``vit_lite``, ``vit_lite_conv``, ``vit_lite_stem``, ``vit_tiny``, ..., ``swin_lite``, ...,
-            ``resnet18_cifar``).
+        preset: one of :data:`PRESETS` (``vit_lite``, ``vit_lite_conv``, ``vit_lite_stem``, ``vit_tiny``, ...,
+            ``swin_lite``, ..., ``resnet18_cifar``).
         img_size: input resolution in pixels (square).
         patch_size: patch side in pixels; must divide ``img_size`` (``vit_lite_conv``, ``vit_lite_stem``: the stride, a
             power of two). Ignored by CNN presets.
