@@ -3,12 +3,15 @@
 A recipe file in ``smallvit/recipes/`` (or any path) is either one stage (a :class:`RunConfig`) or a list of
 stage recipes run in sequence (``stages: [relvit-pretrain, relvit-finetune]``). ``base: other-recipe``
 inherits another recipe and deep-merges this file's keys over it, so ablation rows state only what differs.
+Under ``torchrun`` the environment adds the process's place in the launch: :func:`distributed_env`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -16,16 +19,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 from smallvit.data.pipeline import ViewSpec
-from smallvit.errors import ConfigError
+from smallvit.errors import ConfigError, Strict, quoted, validation_error
 from smallvit.objectives import OBJECTIVES, ObjectiveConfig, parse_objective_config
 
 # Short names for the overrides users type most.
@@ -38,12 +41,6 @@ ALIASES = {
     "device": "train.device",
     "precision": "train.precision",
 }
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors, and so are NaN and infinite numbers."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SubsetConfig(Strict):
@@ -162,6 +159,14 @@ class ObjectiveWeight(Strict):
     weight: float = Field(1.0, ge=0)
     weight_schedule: WeightSchedule = WeightSchedule()
 
+    @field_validator("weight", mode="wrap")
+    @classmethod
+    def _weight_in_words(cls, value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError("an objective weight must be a finite number >= 0 (0: off)") from None
+
 
 def _expand_mae_position_labels(specs: list) -> list:
     """Run folders written before MAE composed with the apl/rpl objectives held them inside it
@@ -206,10 +211,7 @@ def _split_objective(spec: Any, where: str) -> tuple[ObjectiveConfig, ObjectiveW
     try:
         return config, ObjectiveWeight(weight=weight, weight_schedule=spec.get("weight_schedule", {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        problem = "an objective weight must be a finite number >= 0 (0: off)" if key == "weight" else first["msg"]
-        raise ConfigError(f"{where}.{key}={first.get('input')!r}: {problem}") from None
+        raise validation_error(err, ObjectiveWeight, at=where) from None
 
 
 class TrainConfig(Strict):
@@ -443,14 +445,33 @@ def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
     return raw
 
 
+def split_override(pair: str) -> tuple[str, str]:
+    """``"epochs=5"`` → ``("train.epochs", "5")``: an override's full dotted key (an alias expanded) and the text of
+    its value."""
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {pair!r} is not key=value: write e.g. train.epochs=5")
+    return ALIASES.get(key, key), value
+
+
+def override_value(args: list[str], key: str) -> str | None:
+    """The text that the last override of the dotted ``key`` (written in full or as its alias) among ``args`` sets,
+    or None; arguments that are not overrides (a recipe name) are passed over."""
+    for arg in reversed(args):
+        try:
+            name, value = split_override(arg)
+        except ConfigError:
+            continue
+        if name == key:
+            return value
+    return None
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
     """``["train.epochs=5", "dataset=svhn"]`` → ``[(["train", "epochs"], 5), (["data", "dataset"], "svhn")]``."""
     parsed = []
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {pair!r} is not key=value: write e.g. train.epochs=5")
-        key = ALIASES.get(key, key)
+        key, value = split_override(pair)
         try:
             parsed.append((key.split("."), yaml.safe_load(value) if value else None))
         except (yaml.YAMLError, ValueError, RecursionError) as err:
@@ -484,24 +505,6 @@ def apply_overrides(raw: dict, overrides: list[tuple[list[str], Any]]) -> dict:
     return raw
 
 
-def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names accepted at ``loc`` inside ``model`` (for 'unknown key' messages)."""
-    for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
-        annotation = getattr(field, "annotation", None)
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            break
-        model = nested[0]
-    return list(model.model_fields)
-
-
-def _quoted(text: str) -> str:
-    """``'text'`` for a message, or its escaped ``repr`` when it holds a newline or another unprintable character."""
-    return f"'{text}'" if text.isprintable() else repr(text)
-
-
 def validate_run(raw: dict, where: str) -> RunConfig:
     """Validate one stage's dict, turning pydantic's report into one line naming the key, value and fix."""
     try:
@@ -509,16 +512,7 @@ def validate_run(raw: dict, where: str) -> RunConfig:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(first["loc"])
-        key = ".".join(str(p) for p in loc)
-        if first["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_fields(RunConfig, loc[:-1]))
-            raise ConfigError(f"{where}: unknown key {_quoted(key)} (allowed here: {allowed})") from None
-        value = first.get("input")
-        shown = f"={value!r}" if not isinstance(value, dict) else ""
-        key = key if key.isprintable() else repr(key)
-        raise ConfigError(f"{where}: {key}{shown}: {first['msg']}") from None
+        raise validation_error(err, RunConfig, where) from None
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
@@ -534,8 +528,38 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     else:
         stage_raws = [raw]
     stages = [
-        validate_run(apply_overrides(stage, parsed), f"recipe {_quoted(str(stage.get('name', raw['name'])))}")
+        validate_run(apply_overrides(stage, parsed), f"recipe {quoted(str(stage.get('name', raw['name'])))}")
         for stage in stage_raws
     ]
     description = str(raw.get("description", "")).strip()
     return Recipe(name=raw["name"], description=description, stages=stages)
+
+
+# ---------------------------------------------------------------- the launch
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """This process's place in a ``torchrun`` launch; a process started otherwise is rank 0 of 1."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, which alone checks and locks the run folder."""
+        return self.rank == 0
+
+
+def distributed_env() -> DistributedEnv:
+    """The ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` that ``torchrun`` sets (each unset one: a single process's)."""
+    return DistributedEnv(
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )

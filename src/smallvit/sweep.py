@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, model_validator
 from rich.console import Console
 from rich.table import Table
 
-from smallvit.config import Recipe, RunConfig, load_recipe, validate_run
-from smallvit.errors import ConfigError, SmallViTError
+from smallvit.config import Recipe, RunConfig, load_recipe, split_override, validate_run
+from smallvit.errors import ConfigError, SmallViTError, Strict, validation_error
 
 DEFAULT_IMAGES_PER_S = 100.0
 """Training throughput assumed before a sweep has finished runs: vit_lite at 32 px on two CPU threads (fp32) trains
@@ -67,17 +67,17 @@ Runner = Callable[[list[str]], int]
 """Runs one command (a full argv) to completion and returns its exit status."""
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
-_SEED_KEYS = ("seed", "train.seed")
 Seed = Annotated[int, Field(ge=0)]
 
 
 def _check_overrides(overrides: list[str]) -> list[str]:
     """Each override is key=value and none sets the seed (that is what ``seeds`` is for)."""
     for pair in overrides:
-        key, sep, _ = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override '{pair}' is not key=value: write e.g. train.epochs=5")
-        if key in _SEED_KEYS:
+        try:
+            key, _ = split_override(pair)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if key == "train.seed":
             raise ValueError(f"override '{pair}': give seeds with 'seeds: [...]', not as an override")
     return overrides
 
@@ -93,11 +93,7 @@ Overrides = Annotated[list[str], AfterValidator(_check_overrides)]
 Seeds = Annotated[list[Seed], Field(min_length=1), AfterValidator(_check_seeds)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SweepRun(_Strict):
+class SweepRun(Strict):
     """One row of a sweep: a recipe and its overrides, trained once per seed."""
 
     name: str = Field(pattern=_NAME, description="folder name and row name in `smallvit compare`")
@@ -108,7 +104,7 @@ class SweepRun(_Strict):
     baseline: bool = Field(False, description="the row `smallvit compare` measures gains against")
 
 
-class Sweep(_Strict):
+class Sweep(Strict):
     """A sweep file: runs × seeds. ``path`` is the file it was loaded from (set by :func:`load_sweep`)."""
 
     name: str = Field(pattern=_NAME)
@@ -145,22 +141,6 @@ class Sweep(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def _validation_message(err: ValidationError, where: str) -> str:
-    first = err.errors()[0]
-    loc = tuple(first["loc"])
-    key = ".".join(str(p) for p in loc)
-    if first["type"] == "extra_forbidden":
-        model = SweepRun if loc[:1] == ("runs",) and len(loc) > 2 else Sweep
-        allowed = ", ".join(name for name in model.model_fields)
-        return f"{where}: unknown key '{key}' (allowed here: {allowed})"
-    if first["type"] == "missing":
-        return f"{where}: '{key}' is missing"
-    message = first["msg"].removeprefix("Value error, ")
-    value = first.get("input")
-    shown = f"={value!r}" if loc and not isinstance(value, (dict, list)) else ""
-    return f"{where}: {key}{shown}: {message}" if key else f"{where}: {message}"
-
-
 def _relative(path: Path) -> str:
     """``path`` relative to the current directory when it is below it (commands stay short and portable)."""
     try:
@@ -195,7 +175,7 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         sweep = Sweep.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_validation_message(err, f"sweep file '{path}'")) from None
+        raise validation_error(err, Sweep, f"sweep file '{path}'") from None
     runs = []
     for run in sweep.runs:
         try:

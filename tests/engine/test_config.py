@@ -1,6 +1,15 @@
 import pytest
 
-from smallvit.config import apply_overrides, available_recipes, load_recipe, parse_overrides
+from smallvit.config import (
+    DistributedEnv,
+    apply_overrides,
+    available_recipes,
+    distributed_env,
+    load_recipe,
+    override_value,
+    parse_overrides,
+    split_override,
+)
 from smallvit.errors import ConfigError
 
 
@@ -87,3 +96,43 @@ def test_parse_and_apply_overrides_are_pure():
     raw = {"train": {"epochs": 1}}
     updated = apply_overrides(raw, parse_overrides(["train.epochs=2"]))
     assert raw["train"]["epochs"] == 1 and updated["train"]["epochs"] == 2
+
+
+def test_split_override_expands_aliases_and_refuses_what_is_not_key_value():
+    assert split_override("epochs=5") == ("train.epochs", "5")
+    assert split_override("model.overrides.depth=a=b") == ("model.overrides.depth", "a=b")
+    assert split_override("train.best_metric=") == ("train.best_metric", "")
+    for pair in ("epochs", "=5"):
+        with pytest.raises(ConfigError, match=f"override '{pair}' is not key=value"):
+            split_override(pair)
+
+
+def test_override_value_is_the_last_one_given_under_either_name():
+    args = ["quickstart", "seed=1", "lr=0.1", "train.seed=2", "data.dataset=svhn", "not-an-override"]
+    assert override_value(args, "train.seed") == "2"
+    assert override_value(args, "data.dataset") == "svhn"
+    assert override_value(args, "train.epochs") is None
+
+
+def test_an_objective_weight_error_says_what_a_weight_is():
+    for value in ("-1", "x", ".inf"):
+        with pytest.raises(ConfigError, match=r"objectives\.0\.weight=.*: an objective weight must be a finite number"):
+            load_recipe("quickstart", [f"objectives.0.weight={value}"])
+
+
+def test_non_finite_numbers_are_refused_in_objective_and_mixing_settings_too():
+    for override in ("objectives.0.label_smoothing=.nan", "augment.main.mix.mixup_alpha=.inf"):
+        with pytest.raises(ConfigError, match="Input should be a finite number"):
+            load_recipe("quickstart", [override])
+
+
+def test_distributed_env_reads_torchrun_variables(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    single = distributed_env()
+    assert single == DistributedEnv(1, 0, 0) and not single.distributed and single.is_main
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank3 = distributed_env()
+    assert rank3 == DistributedEnv(world_size=4, rank=3, local_rank=1) and rank3.distributed and not rank3.is_main

@@ -18,14 +18,15 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from smallvit.data.batch import Mix, View
 from smallvit.data.transforms import box_mask
+from smallvit.errors import Strict
 
 
-class MixConfig(BaseModel):
+class MixConfig(Strict):
     """How to mix a view; the fields follow timm's ``Mixup``.
 
     Attributes:
@@ -37,8 +38,6 @@ class MixConfig(BaseModel):
         lam_max_of_pair: use max(lam, 1 - lam), so a sample keeps the larger part of itself (IDMM's CutMix).
         alternate: mixup on even epochs and CutMix on odd ones instead of ``switch_prob`` (IDMM's fine-tuning).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)

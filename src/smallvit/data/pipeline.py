@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from smallvit.data import patch_ops  # noqa: F401  (registers RelViT's patch-level ops beside transforms' ops)
 from smallvit.data.batch import Batch, View
 from smallvit.data.mixing import MixConfig, apply_mix
 from smallvit.data.transforms import OPS, Op, build_op
-from smallvit.errors import ConfigError
+from smallvit.errors import ConfigError, Strict
 
 
-class ViewSpec(BaseModel):
+class ViewSpec(Strict):
     """One named view of a recipe.
 
     Attributes:
@@ -38,8 +38,6 @@ class ViewSpec(BaseModel):
             ``view.images.chunk(copies)`` gives one batch per copy.
         mix: mixup/CutMix applied after the ops, across all rows of the view.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     ops: list[dict[str, Any]] = Field(default_factory=list)
     copies: int = Field(1, ge=1)

@@ -7,7 +7,6 @@ has no per-method cases. Distributed training (``torchrun``) is the few lines ma
 from __future__ import annotations
 
 import json
-import os
 import platform
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from timm.utils import ModelEmaV3
 from torch import Tensor
 
 import smallvit
-from smallvit.config import RunConfig
+from smallvit.config import RunConfig, distributed_env
 from smallvit.data.batch import Batch
 from smallvit.data.loader import InMemoryLoader
 from smallvit.engine.checkpoint import (
@@ -62,12 +61,13 @@ class Distributed:
 
 
 def init_distributed() -> Distributed:  # distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    launch = distributed_env()
+    if not launch.distributed:
         return Distributed()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(launch.local_rank)
     return Distributed(dist.get_rank(), dist.get_world_size())
 
 

@@ -20,19 +20,17 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from torch import Tensor, nn
 
 from smallvit.data.batch import Batch, View
-from smallvit.errors import ConfigError, SmallViTError
+from smallvit.errors import ConfigError, SmallViTError, Strict, validation_error
 from smallvit.models.backbone import PRESETS, BackboneOutput
 from smallvit.objectives.grid import check_grid, check_min_tokens, original_positions
 
 
-class ObjectiveConfig(BaseModel):
+class ObjectiveConfig(Strict):
     """Fields every objective accepts; subclasses add their own (unknown keys are rejected)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str
     views: list[str] = ["main"]
@@ -234,13 +232,6 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-def _first_error(err: ValidationError, where: str) -> ConfigError:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    value = first.get("input")
-    return ConfigError(f"{where}.{key}={value!r}: {first['msg']}")
-
-
 def parse_objective_config(spec: dict, where: str = "objectives") -> ObjectiveConfig:
     """Validate one objective's own config (``name`` and its fields; no weight) against its objective's model."""
     name = spec.get("name")
@@ -254,7 +245,7 @@ def parse_objective_config(spec: dict, where: str = "objectives") -> ObjectiveCo
     try:
         return OBJECTIVES[name].Config.model_validate(spec)
     except ValidationError as err:
-        raise _first_error(err, f"{where}[{name}]") from None
+        raise validation_error(err, OBJECTIVES[name].Config, at=f"{where}[{name}]") from None
 
 
 def build_objective(config: ObjectiveConfig, setup: ObjectiveSetup) -> Objective:
