@@ -15,7 +15,8 @@ Layers, bottom to top (a module may import its own layer and the layers below it
 - ``config``: the run schema; it is made of data views and objective configs, and the engine is built from it;
 - ``engine``: experiment, trainer, checkpoints, logging, multi-stage runner;
 - ``run-level``: what reads the run folders the engine writes (``runs.py``: load, evaluate, probe, export;
-  ``predict.py``) or drives whole runs (``fit.py``, ``sweep.py``, ``compare.py``);
+  ``predict.py``; ``export/``: the shipped folder, ONNX and model card) or drives whole runs (``fit.py``,
+  ``sweep.py``, ``compare.py``);
 - ``cli``: the command line.
 """
 
@@ -36,7 +37,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("metrics", ["smallvit.metrics"]),
     ("config", ["smallvit.config"]),
     ("engine", ["smallvit.engine"]),
-    ("run-level", ["smallvit.runs", "smallvit.predict", "smallvit.fit", "smallvit.sweep", "smallvit.compare"]),
+    (
+        "run-level",
+        ["smallvit.runs", "smallvit.predict", "smallvit.fit", "smallvit.sweep", "smallvit.compare", "smallvit.export"],
+    ),
     ("cli", ["smallvit.cli"]),
 ]
 """Each layer's modules: a name stands for that module and, when it is a package, everything inside it. The package

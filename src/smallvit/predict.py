@@ -31,6 +31,7 @@ from smallvit.data.pipeline import Augmentation, eval_augmentation
 from smallvit.engine.checkpoint import load_checkpoint
 from smallvit.engine.experiment import build_model, geometry, last_stage, read_run_config, resolve_device
 from smallvit.errors import SmallViTError
+from smallvit.export.onnx import ONNX_FILE, onnx_classifier
 from smallvit.models import create_timm_model
 
 DECODE_CHUNK = 512  # images decoded at a time, so that a folder of any size fits in memory
@@ -64,17 +65,22 @@ class PredictionResult:
 
 
 def load_predictor(path: Path, device: str = "auto", checkpoint: str = "best") -> Predictor:
-    """A run folder (its ``checkpoint``; a multi-stage run: its last stage) or an export folder
-    (``model.safetensors`` + ``config.json``, as ``smallvit export`` and ``smallvit fit`` write)."""
+    """A run folder (its ``checkpoint``; a multi-stage run: its last stage), an export folder (``config.json`` with
+    ``model.onnx``, run by ONNX Runtime, or with ``model.safetensors``, as ``smallvit export`` and ``smallvit fit``
+    write), or an export's ``model.onnx``."""
     path = Path(path)
+    if path.suffix == ".onnx" and path.is_file():
+        return _from_export(path.parent, resolve_device(device), onnx=path)
+    if (path / "config.json").is_file() and (path / ONNX_FILE).is_file():
+        return _from_export(path, resolve_device(device), onnx=path / ONNX_FILE)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return _from_export(path, resolve_device(device))
     stage = last_stage(path)
     if (stage / "config.yaml").is_file():
         return _from_run(stage, resolve_device(device), checkpoint)
     raise SmallViTError(
-        f"{path} is neither a run folder (config.yaml) nor an export folder (model.safetensors + config.json): "
-        "give a folder under runs/ or one written by `smallvit export`"
+        f"{path} is neither a run folder (config.yaml) nor an export folder (config.json + model.safetensors or "
+        f"{ONNX_FILE}): give a folder under runs/ or one written by `smallvit export`"
     )
 
 
@@ -116,23 +122,30 @@ def _from_run(run_dir: Path, device: torch.device, checkpoint: str) -> Predictor
     )
 
 
-def _from_export(export_dir: Path, device: torch.device) -> Predictor:
+def _from_export(export_dir: Path, device: torch.device, onnx: Path | None = None) -> Predictor:
+    """The timm model of an export folder, or its ``onnx`` file in ONNX Runtime (images prepared on the CPU)."""
+    if not (export_dir / "config.json").is_file():
+        raise SmallViTError(f"{onnx} has no config.json beside it: give the folder `smallvit export` wrote")
     exported = json.loads((export_dir / "config.json").read_text())
     overlay = exported["pretrained_cfg_overlay"]
     classes = exported.get("classes") or [str(i) for i in range(overlay["num_classes"])]
     in_chans, input_size = overlay["input_size"][0], overlay["input_size"][-1]
     preprocess = exported.get("smallvit_preprocess", {})
-    model = create_timm_model(export_dir).to(device).eval()
+    if onnx is None:
+        model = create_timm_model(export_dir).to(device).eval()
+        classify, source = (lambda images: model(images).float()), str(export_dir)
+    else:
+        classify, source, device = onnx_classifier(onnx, device), f"{onnx} (ONNX Runtime)", torch.device("cpu")
     mean, std = overlay.get("mean", (0.5,) * 3)[:in_chans], overlay.get("std", (0.5,) * 3)[:in_chans]
     return Predictor(
-        classify=lambda images: model(images).float(),
+        classify=classify,
         classes=list(classes),
         image_size=preprocess.get("image_size") or input_size,
         in_chans=in_chans,
         decode=preprocess.get("decode", "full"),
         augment=eval_augmentation(input_size, mean, std),
         device=device,
-        source=str(export_dir),
+        source=source,
     )
 
 
@@ -193,6 +206,15 @@ def predict_files(
 def csv_header(top_k: int) -> list[str]:
     """``path, top1_class, top1_probability, top2_class, top2_probability, ...``"""
     return ["path"] + [name for rank in range(1, top_k + 1) for name in (f"top{rank}_class", f"top{rank}_probability")]
+
+
+def check_csv_path(path: Path) -> None:
+    """Refuse a ``--csv`` file that could not be written, before any image is classified."""
+    if path.is_dir():
+        raise SmallViTError(f"--csv {path} is a folder: give a file name, e.g. {path / 'predictions.csv'}")
+    if not path.parent.is_dir():
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise SmallViTError(f"--csv {path}: {path.parent} {problem}: create the folder or give another path")
 
 
 def write_csv(predictions: list[Prediction], path: Path, top_k: int) -> Path:
