@@ -277,17 +277,24 @@ def eval_linear(
     console.print(f"linear/acc1 ({result['split']}, weight decay {result['weight_decay']:g}): {result['acc1']:.4f}")
 
 
-@app.command(epilog="Example:\n\n  smallvit export runs/quickstart-20261125-120000 --output exported/")
+@app.command(
+    epilog="Examples:\n\n  smallvit export runs/quickstart-20261125-120000 --output exported/"
+    "\n\n  smallvit export runs/quickstart-20261125-120000 --output exported/ --format onnx"
+)
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder (a multi-stage run: its last stage).")],
-    output: Annotated[Path, typer.Option(help="Folder for model.safetensors and config.json.")],
+    output: Annotated[Path, typer.Option(help="Folder for model.safetensors, config.json and README.md.")],
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    format: Annotated[
+        str, typer.Option("--format", help="safetensors (timm), or onnx: also model.onnx (pip install smallvit[onnx]).")
+    ] = "safetensors",
 ) -> None:
-    """Write timm-loadable weights (model.safetensors + config.json) of a run's backbone and classifier."""
-    from smallvit.runs import export_run
+    """Write timm-loadable weights (model.safetensors + config.json) of a run's backbone and classifier, and a model
+    card (README.md): data, recipe, accuracy per class, how to load it, limitations."""
+    from smallvit.export import export_folder
 
-    path = export_run(_stage(run), output, checkpoint=checkpoint)
-    console.print(f"wrote {path} and {path.parent / 'config.json'}")
+    written = export_folder(_stage(run), output, format=format, checkpoint=checkpoint)
+    console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
 
 
 @app.command(
@@ -364,7 +371,9 @@ def fit(
     "\n\n  smallvit predict exported/ a.jpg b.png --csv predictions.csv",
 )
 def predict(
-    model: Annotated[Path, typer.Argument(help="Run folder, or export folder (smallvit export / fit's export/).")],
+    model: Annotated[
+        Path, typer.Argument(help="Run folder, export folder (smallvit export / fit's export/) or its model.onnx.")
+    ],
     images: Annotated[list[Path], typer.Argument(help="Image files and folders of images (searched recursively).")],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per image, most probable first.")] = 5,
     csv_file: Annotated[
