@@ -1,5 +1,5 @@
-"""The README's promises that can be checked mechanically: the code of "Python API" and "Adding an objective" runs
-as written, and does what the prose around it says."""
+"""The documentation's promises that can be checked mechanically: the code of the "Python API" and "Adding an
+objective" pages runs as written and does what the prose around it says, and CI runs the README's test command."""
 
 import re
 import sys
@@ -19,12 +19,7 @@ from smallvit.objectives import OBJECTIVES, ObjectiveSetup, StepContext, build_o
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-
-
-def section(heading: str) -> str:
-    """The README's section ``## heading``, up to the next ``## `` heading."""
-    (body,) = [part for part in re.split(r"^## ", README, flags=re.M) if part.startswith(heading + "\n")]
-    return body
+DOCS = ROOT / "docs"
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -35,15 +30,15 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 def run(code: str, name: str, scope: dict | None = None) -> dict:
     scope = {"__name__": name} if scope is None else scope
-    exec(compile(code, f"README.md ({name})", "exec"), scope)
+    exec(compile(code, f"docs ({name})", "exec"), scope)
     return scope
 
 
-API = section("Python API")
-OBJECTIVE = section("Adding an objective")
+API = (DOCS / "python-api.md").read_text()
+OBJECTIVE = (DOCS / "adding-an-objective.md").read_text()
 OBJECTIVE_FILE, OBJECTIVE_TESTS = code_blocks(OBJECTIVE, "python")
 (RECIPE,) = code_blocks(OBJECTIVE, "yaml")
-MODULE = "smallvit.objectives.rows"  # the name the README's tests import the objective file under
+MODULE = "smallvit.objectives.rows"  # the name the page's tests import the objective file under
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +76,7 @@ def test_a_loop_of_your_own_trains_every_parameter_with_a_tensor_level_loss(caps
 
 @pytest.fixture
 def objective_file(monkeypatch):
-    """The README's objective file, imported as :data:`MODULE`; the registry is restored afterwards."""
+    """The page's objective file, imported as :data:`MODULE`; the registry is restored afterwards."""
     before = dict(OBJECTIVES)
     module = types.ModuleType(MODULE)
     monkeypatch.setitem(sys.modules, MODULE, module)
