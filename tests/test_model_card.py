@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from smallvit.cli import app
 from smallvit.config import load_recipe
 from smallvit.engine.pictures import class_summary, predict_split
-from smallvit.export.card import class_accuracy, recipe_changes, timm_snippet
+from smallvit.export.card import class_accuracy, recipe_changes, timm_snippet, write_model_card
 from smallvit.models import build_backbone, create_timm_model, export_timm
 from smallvit.runs import load_run
 from test_fit import CLASSES, make_image_folder
@@ -84,6 +84,16 @@ def test_the_card_has_the_data_recipe_accuracies_and_per_class_test_accuracy(unb
     exec(python_blocks(card)[0], scope)
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(scope["model"](images), create_timm_model(out).eval()(images))
+
+
+def test_a_backbone_without_classifier_gets_a_card_without_accuracies(unbalanced_run, tmp_path, monkeypatch):
+    run, cache = unbalanced_run
+    monkeypatch.setenv("SMALLVIT_CACHE", str(cache))
+    folder = tmp_path / "backbone"
+    export_timm(load_run(run).model.backbone, folder)  # what a pre-training stage exports
+    card = write_model_card(folder, run).read_text()
+    assert card.startswith("# vit_lite backbone (no classifier") and "## Results" not in card
+    assert "only its" not in card and "Trained from scratch on 21 images" in card
 
 
 @pytest.mark.parametrize("preset", ["vit_lite", "vit_lite_conv", "resnet18_cifar"])

@@ -179,17 +179,20 @@ def write_model_card(export_dir: Path, run_dir: Path, checkpoint: str = "best") 
     config = read_run_config(run_dir)
     summary, data = _read_json(run_dir / "summary.json"), _read_json(run_dir / "data.json")
     classes = exported.get("classes") or data.get("classes") or []
+    classified = classes if exported["pretrained_cfg_overlay"].get("num_classes") else []  # [] : a backbone only
     splits = data.get("splits") or summary.get("provenance", {}).get("splits", {})
-    lines = _header(export_dir, exported, config, classes, splits)
-    lines += _results(run_dir, checkpoint, summary, classes, splits)
+    lines = _header(export_dir, exported, config, classes, classified, splits)
+    lines += _results(run_dir, checkpoint, summary, classified, splits)
     lines += _usage(export_dir, exported)
-    lines += _limitations(exported, config, splits, classes)
+    lines += _limitations(config, splits, classified)
     path = export_dir / CARD_FILE
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _header(export_dir: Path, exported: dict, config: RunConfig, classes: list[str], splits: dict) -> list[str]:
+def _header(
+    export_dir: Path, exported: dict, config: RunConfig, classes: list[str], classified: list[str], splits: dict
+) -> list[str]:
     image_size, img_size, patch_size = geometry(config)
     root = Path(config.data.root) if config.data.root else None
     dataset = config.data.dataset + (f" (`{root}`)" if root else "")
@@ -198,9 +201,9 @@ def _header(export_dir: Path, exported: dict, config: RunConfig, classes: list[s
     shape = f"patch {patch_size}" if family != "cnn" else "a CNN"
     overlay = exported["pretrained_cfg_overlay"]
     lines = [
-        f"# {preset}: {len(classes)} classes of {root.name if root else config.data.dataset}"
-        if classes
-        else f"# {preset} backbone (no classifier)",
+        f"# {preset}: {len(classified)} classes of {root.name if root else config.data.dataset}"
+        if classified
+        else f"# {preset} backbone (no classifier: features to fine-tune)",
         "",
         f"A `{preset}` ({exported['architecture']} in timm, {_parameters(export_dir) / 1e6:.1f} M parameters) "
         f"trained from scratch with smallvit. Input: {overlay['input_size'][0]} × {img_size} × {img_size} "
@@ -209,7 +212,7 @@ def _header(export_dir: Path, exported: dict, config: RunConfig, classes: list[s
         "",
         "## Data",
         "",
-        f"Dataset: {dataset}. Classes ({len(classes)}): {', '.join(classes) or 'none (no classifier)'}.",
+        f"Dataset: {dataset}. Classes ({len(classes)}): {', '.join(classes)}.",
         "",
         "| split | source | images |",
         "|---|---|---|",
@@ -284,7 +287,7 @@ def _usage(export_dir: Path, exported: dict) -> list[str]:
     return lines
 
 
-def _limitations(exported: dict, config: RunConfig, splits: dict, classes: list[str]) -> list[str]:
+def _limitations(config: RunConfig, splits: dict, classes: list[str]) -> list[str]:
     _, img_size, _ = geometry(config)
     train = splits.get("train", {}).get("images")
     lines = [
