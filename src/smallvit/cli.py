@@ -308,11 +308,14 @@ def fit(
     budget: Annotated[
         str,
         typer.Option(
-            help="Time for everything after decoding the images once: 90s, 15m, 1h30m. Training that runs slower "
-            "than measured stops early (train.time_limit_s)."
+            help="Time for everything after decoding the images once: 90s, 15m, 1h30m. Training gets what fit's own "
+            "steps leave of it, and its learning rate follows the clock (train.time_budget_s)."
         ),
     ] = "15m",
     epochs: Annotated[int | None, typer.Option(help="Train this many epochs instead of filling --budget.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train even a plan of fewer than 10 epochs or 200 optimizer steps.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     output: Annotated[
         Path | None, typer.Option(help="Run folder to create (default: runs/fit-<folder name>-<time>).")
@@ -331,7 +334,7 @@ def fit(
     """Train the best model this folder of images can give: size, patch, recipe and epochs chosen from the data and
     the budget (each choice and why printed and kept in report.md), then evaluate, export and explain it."""
     from smallvit.engine.trainer import epochs_text
-    from smallvit.fit import fit_folder, parse_duration
+    from smallvit.fit import balanced_accuracy, fit_folder, parse_duration
 
     if on_bad_file not in ("error", "skip"):
         raise SmallViTError(f"--on-bad-file {on_bad_file!r} is not valid: use error or skip")
@@ -343,6 +346,7 @@ def fit(
         output=output,
         on_bad_file=on_bad_file,
         overrides=overrides or [],
+        force=force,
         quiet=quiet,
         console=console,
     )
@@ -356,6 +360,9 @@ def fit(
         spent += f" (budget {result.budget_s:.0f} s)"
         if result.slowdown and result.after_decoding_s > result.budget_s:
             spent += f", epochs {result.slowdown:.1f}x slower than measured"
+    if result.test_classes:
+        balanced = balanced_accuracy(result.test_classes["confusion"])
+        lines.append(f"balanced test accuracy (mean per-class recall; the classes are unbalanced): {balanced:.4f}")
     lines += [
         f"{epochs_text(run)} of {result.recipe.text} at {result.geometry.image_size} px / patch "
         f"{result.geometry.patch_size}; {spent}; decoding {result.decode_s:.0f} s",
@@ -430,12 +437,15 @@ def plot(
 
 @app.command()
 def recipes() -> None:
-    """List the shipped recipes with one-line descriptions."""
+    """List the shipped recipes with one-line descriptions, the recommended one for small data first."""
     from smallvit.config import available_recipes
+    from smallvit.fit import rules as fit_rules
 
     table = Table("recipe", "description")
-    for name, description in available_recipes().items():
-        table.add_row(name, description)
+    shipped = available_recipes()
+    recommended = fit_rules.SMALL_DATA_RECIPE  # listed first: the recipe to start from on small data
+    for name in sorted(shipped, key=lambda name: name != recommended):
+        table.add_row(name, shipped[name])
     console.print(table)
 
 
