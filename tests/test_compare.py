@@ -1,8 +1,10 @@
-"""Comparing runs: reading new and old summaries, grouping into rows, the statistics by hand, table, JSON, report."""
+"""Comparing runs: reading new and old summaries and study tables, grouping into rows, the statistics by hand, table,
+JSON, report, the table across datasets."""
 
 import itertools
 import json
 import math
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,19 +15,24 @@ from typer.testing import CliRunner
 from smallvit import cli
 from smallvit.cli import app
 from smallvit.compare import (
+    BALANCED,
     TOP1,
     collect_runs,
     compare_rows,
     curve_panels,
     curve_style,
     gain,
-    markdown_table,
     mean_std,
     read_run,
+    read_table,
     rows_json,
     rows_table,
+    table_cells,
     write_report,
 )
+from smallvit.compare.datasets import dataset_cells, write_dataset_table
+from smallvit.compare.report import report_text
+from smallvit.compare.table import COLUMNS
 from smallvit.errors import SmallViTError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,12 +209,10 @@ def test_old_format_summaries_are_test_top1_without_validation(tmp_path):
     assert [r.gain_mean for r in rows if not r.legacy] == [None]
 
 
-def test_the_repositorys_old_summaries_are_read():
-    if not (REPO / "results" / "summaries" / "quickstart-s0.json").is_file():
-        pytest.skip("results/summaries/ is not in this checkout")
-    rows, _ = compare_rows(collect_runs([REPO / "results" / "summaries"]), baseline="quickstart")
+def test_the_repositorys_legacy_table_is_read():
+    rows, _ = compare_rows(collect_runs([REPO / "results" / "legacy-20ep"]), baseline="quickstart")
     row = next(r for r in rows if r.name == "quickstart")
-    assert len(row.runs) == 2 and row.top1_mean == pytest.approx(39.75) and row.baseline
+    assert len(row.runs) == 2 and row.top1_mean == pytest.approx(39.75) and row.baseline and row.legacy
 
 
 def test_missing_paths_and_empty_folders_are_one_line_errors(tmp_path):
@@ -233,51 +238,83 @@ def test_table_json_and_report(sweep_runs, tmp_path):
     assert strong["gain_std"] == round(math.sqrt(4 / 3 + 1), 4) and weak["baseline"]
 
     written = write_report(rows, tmp_path / "report", command="smallvit compare runs")
-    assert [p.name for p in written] == ["report.md", "accuracy.png", "val_curves.png"]
-    assert all(p.stat().st_size > 0 for p in written)
+    names = ["report.md", "accuracy.png", "val_curves.png", "runs.csv", "curves.jsonl.gz"]
+    assert [p.name for p in written] == names and all(p.stat().st_size > 0 for p in written)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| strong | strong label | 3 (0, 1, 2) | cifar10-sample | 60 | 42.00 ± 2.00 | 52.00 ± 2.00 |" in report
     assert "+3.00 ± 1.53" in report and "smallvit train quickstart seed=2" in report and "![" in report
-    # the report keeps small copies of the runs, from which the same rows come back
-    copies = tmp_path / "report" / "runs"
-    assert (copies / "strong" / "seed2" / "metrics.jsonl").is_file()
-    again, _ = compare_rows(collect_runs([copies]))
-    assert rows_json(again)[1]["top1_mean"] == 42.0 and again[0].baseline
+    # the report's table of runs gives the same rows, curves included, and the same report again
+    again, _ = compare_rows(collect_runs([tmp_path / "report"]))
+    assert [r.curve for row in again for r in row.runs] == [r.curve for row in rows for r in row.runs]
+    assert [{**row, "sources": []} for row in rows_json(again)] == [{**row, "sources": []} for row in rows_json(rows)]
+    write_report(again, tmp_path / "again", command="smallvit compare runs")
+    for name in ("report.md", "runs.csv", "curves.jsonl.gz"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "report" / name).read_bytes()
 
 
-def test_a_report_grows_from_its_own_copies_and_new_runs(sweep_runs, tmp_path):
-    """Seeds finished on another machine join a kept report: its copies stay, the new runs are copied beside them."""
+def test_the_table_keeps_every_figure_to_the_last_bit_and_both_checkpoints(sweep_runs, tmp_path):
+    _choose(sweep_runs / "strong" / "seed1", {"metric": "val/supervised/acc1", "value": 0.7, "test": {TOP1: 0.1 + 0.2}})
+    write_report(compare_rows(collect_runs([sweep_runs]))[0], tmp_path / "report")
+    for checkpoint in ("final", "best"):
+        from_folders = collect_runs([sweep_runs], checkpoint)
+        from_table = read_table(tmp_path / "report" / "runs.csv", checkpoint)
+        pairs = zip(*(sorted(runs, key=lambda r: (r.name, r.seed)) for runs in (from_folders, from_table)))
+        fields = ("top1", "val1", "wall_clock_s", "images_per_s", "final", "best", "command", "protocol", "curve")
+        assert all(getattr(a, f) == getattr(b, f) for a, b in pairs for f in fields)
+    assert [r.top1 for r in read_table(tmp_path / "report" / "runs.csv", "best") if r.name == "strong"][1] == 0.1 + 0.2
+
+
+def test_a_report_grows_from_its_own_table_and_new_runs(sweep_runs, tmp_path):
+    """Seeds finished on another machine join a kept report: its table's runs stay, the new runs are added to it."""
     report = tmp_path / "report"
     write_report(compare_rows(collect_runs([sweep_runs]))[0], report)
     later = _run(tmp_path / "later", "weak", 2, 0.42, 0.46, baseline=True, curve=[(1, 0.1), (2, 0.2)])
-    rows, notes = compare_rows(collect_runs([later.parent, report / "runs", sweep_runs / "strong" / "seed0"]))
+    rows, notes = compare_rows(collect_runs([report, later.parent, sweep_runs / "strong" / "seed0"]))
     write_report(rows, report)
-    assert sorted(p.name for p in (report / "runs" / "weak").iterdir()) == ["seed0", "seed1", "seed2"]
-    assert sorted(p.name for p in (report / "runs" / "strong").iterdir()) == ["seed0", "seed1", "seed2"]
-    assert [row.seeds for row in rows] == [[0, 1, 2], [0, 1, 2]]  # in order, though seed 2 of weak was found first
+    assert [row.seeds for row in rows] == [[0, 1, 2], [0, 1, 2]]  # in order, though seed 2 of weak was found last
     assert len(notes) == 1 and "counted once" in notes[0]
-    [weak, strong] = rows_json(compare_rows(collect_runs([report / "runs"]))[0])
+    [weak, strong] = rows_json(compare_rows(collect_runs([report]))[0])
     assert (weak["runs"], weak["top1_mean"], strong["runs"], strong["gain_mean"]) == (3, 40.0, 3, 2.0)
+    assert len((report / "runs.csv").read_text().splitlines()) == 1 + 6
 
 
-def test_a_report_read_from_its_copies_listed_last_is_not_copied_twice(sweep_runs, tmp_path):
-    """Copies listed after the runs they copy: each run counts once, as the original, and is not copied again."""
+def test_runs_found_in_folders_and_in_the_table_count_once(sweep_runs, tmp_path):
     report = tmp_path / "report"
     write_report(compare_rows(collect_runs([sweep_runs]))[0], report)
-    shutil.rmtree(sweep_runs / "weak")  # its runs now live in the copies only, so the copies are kept
-    rows, notes = compare_rows(collect_runs([sweep_runs, report / "runs"]))
+    shutil.rmtree(sweep_runs / "weak")  # its runs now live in the table only
+    rows, notes = compare_rows(collect_runs([sweep_runs, report]))
     write_report(rows, report)
-    assert len(notes) == 3 and sorted(p.name for p in (report / "runs" / "strong").iterdir()) == [
-        "seed0",
-        "seed1",
-        "seed2",
-    ]
+    assert len(notes) == 3 and [len(row.runs) for row in rows] == [2, 3]
+    assert len((report / "runs.csv").read_text().splitlines()) == 1 + 5
+
+
+def test_a_table_that_cannot_be_read_is_a_one_line_error(tmp_path):
+    (tmp_path / "runs.csv").write_text("row,seed\nweak,0\n")
+    with pytest.raises(SmallViTError, match="not a readable table of runs .*no column dataset"):
+        collect_runs([tmp_path])
+    assert COLUMNS[:2] == ("row", "seed")
+
+
+def test_a_balanced_accuracy_recorded_by_a_run_is_carried_and_never_invented(tmp_path):
+    balanced = _run(tmp_path / "runs", "caltech", 0, 0.60, 0.5, dataset="caltech101-2020")
+    summary = json.loads((balanced / "summary.json").read_text())
+    summary["final"][BALANCED] = 0.45
+    (balanced / "summary.json").write_text(json.dumps(summary))
+    _run(tmp_path / "runs", "caltech", 1, 0.62, 0.5, dataset="caltech101-2020")  # recorded none
+    rows, _ = compare_rows(collect_runs([tmp_path / "runs"]))
+    assert rows[0].balanced_mean == pytest.approx(45.0) and rows[0].balanced_std is None
+    header, cells = table_cells(rows)
+    assert header[header.index("test top-1 %") + 1] == "balanced top-1 % (test)" and "45.00" in cells[0]
+    write_report(rows, tmp_path / "out")
+    assert [r.balanced for r in collect_runs([tmp_path / "out"])] == [0.45, None]
+    _run(tmp_path / "plain", "q", 0, 0.4, 0.4)
+    assert "balanced top-1 % (test)" not in table_cells(compare_rows(collect_runs([tmp_path / "plain"]))[0])[0]
 
 
 def test_report_without_metrics_has_no_curves(tmp_path):
     _run(tmp_path / "runs", "a", 0, 0.4, 0.4)
     written = write_report(compare_rows(collect_runs([tmp_path / "runs"]))[0], tmp_path / "out")
-    assert [p.name for p in written] == ["report.md", "accuracy.png"]
+    assert [p.name for p in written] == ["report.md", "accuracy.png", "runs.csv"]
 
 
 def test_cli_compare_json_and_output(sweep_runs, tmp_path, monkeypatch):
@@ -369,27 +406,57 @@ def test_forty_curves_get_forty_different_styles():
     assert styles[0] == ("C0", "-") and styles[10] == ("C0", "--") and styles[39] == ("C9", "-.")
 
 
-def test_a_copied_old_summary_folder_compares(tmp_path):
-    if not (REPO / "results" / "summaries" / "quickstart-s0.json").is_file():
-        pytest.skip("results/summaries/ is not in this checkout")
-    shutil.copy(REPO / "results" / "summaries" / "quickstart-s0.json", tmp_path / "a.json")
-    [row], _ = compare_rows(collect_runs([tmp_path / "a.json"]))
-    assert row.name == "quickstart" and row.top1_mean == pytest.approx(39.6)
+def test_a_study_table_copied_elsewhere_compares_with_its_curves(sweep_runs, tmp_path):
+    write_report(compare_rows(collect_runs([sweep_runs]))[0], tmp_path / "report")
+    for name in ("runs.csv", "curves.jsonl.gz"):
+        (tmp_path / "copy").mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "report" / name, tmp_path / "copy" / name)
+    rows, _ = compare_rows(collect_runs([tmp_path / "copy" / "runs.csv"]))
+    assert [len(row.runs) for row in rows] == [2, 3] and all(run.curve for row in rows for run in row.runs)
 
 
-@pytest.mark.parametrize("report", sorted(REPO.glob("results/*/report.md")), ids=lambda path: path.parent.name)
-def test_every_kept_report_comes_back_from_its_run_copies_in_the_repository(report):
-    """The README's tables must regenerate from the repository alone: each report's ``runs/`` copies are committed
-    and give its table again, every row with the same figures (a report over several sweeps may list them in
-    another order: the copies keep no order of the sweeps)."""
+KEPT_REPORTS = sorted(REPO.glob("results/*/report.md"))
+
+
+def _regeneration(report: Path) -> tuple[list[str], str | None, str]:
+    """The command a kept report says regenerates it: ``smallvit compare results/STUDY [options] --output
+    results/STUDY``, as (paths, baseline, checkpoint)."""
+    command = shlex.split(report.read_text().split("\n")[2].removeprefix("Generated by `").removesuffix("`."))
+    study = report.parent.relative_to(REPO).as_posix()
+    assert command[:3] == ["smallvit", "compare", study] and command[-2:] == ["--output", study], command
+    options = dict(zip(command[3:-2:2], command[4:-2:2]))
+    assert set(options) <= {"--baseline", "--checkpoint"}, command
+    return [study], options.get("--baseline"), options.get("--checkpoint", "final")
+
+
+@pytest.mark.parametrize("report", KEPT_REPORTS, ids=lambda path: path.parent.name)
+def test_every_kept_report_regenerates_from_its_table_in_the_repository(report, monkeypatch):
+    """Each kept report comes back byte for byte from the table kept beside it (runs.csv, curves.jsonl.gz) by the
+    command it names; its plots are there (they are drawn from the same rows: see the slow test below)."""
+    monkeypatch.chdir(REPO)
+    paths, baseline, checkpoint = _regeneration(report)
+    rows, _ = compare_rows(collect_runs(paths, checkpoint), baseline=baseline)
     text = report.read_text()
-    generated_by = text.split("\n")[2]
-    baseline = generated_by.split("--baseline ")[1].split()[0] if "--baseline " in generated_by else None
-    checkpoint = generated_by.split("--checkpoint ")[1].split()[0] if "--checkpoint " in generated_by else "final"
-    rows, _ = compare_rows(collect_runs([report.parent / "runs"], checkpoint), baseline=baseline)
-    table = markdown_table(rows).splitlines()
-    kept = [line for line in text.splitlines() if line.startswith("|")]
-    assert table[:2] == kept[:2] and sorted(table[2:]) == sorted(kept[2:])
+    titles = {"accuracy.png": "Top-1 accuracy per row", "val_curves.png": "Validation top-1 per epoch"}
+    plots = [(report.parent / name, title) for name, title in titles.items() if f"]({name})" in text]
+    assert all(plot.is_file() for plot, _ in plots)
+    assert report_text(rows, plots, text.split("\n")[2].split("`")[1]) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("report", KEPT_REPORTS, ids=lambda path: path.parent.name)
+def test_every_kept_report_and_its_plots_regenerate_by_its_command(report, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    paths, baseline, checkpoint = _regeneration(report)
+    out = tmp_path / "out"
+    options = [*(["--baseline", baseline] if baseline else []), "--checkpoint", checkpoint, "--output", str(out)]
+    result = CliRunner().invoke(app, ["compare", *paths, *options])
+    assert result.exit_code == 0, result.output
+    regenerated = (out / "report.md").read_text().split("\n")[3:]
+    assert regenerated == report.read_text().split("\n")[3:]
+    for name in ("accuracy.png", "val_curves.png", "runs.csv", "curves.jsonl.gz"):
+        assert (out / name).is_file() == (report.parent / name).is_file()
+    assert (out / "runs.csv").read_bytes() == (report.parent / "runs.csv").read_bytes()
 
 
 def markdown_tables(text: str) -> list[list[str]]:
@@ -410,7 +477,66 @@ def test_every_results_table_in_the_readme_is_a_kept_reports_table():
         for table in markdown_tables(report.read_text())
     ]
     readme = [table for table in markdown_tables((REPO / "README.md").read_text()) if table[0].startswith("| row |")]
-    assert len(readme) >= 3
+    assert readme  # the README shows results tables
     kept_lines = {line for table in kept for line in table}
     assert [line for table in readme if table not in kept for line in table if line not in kept_lines] == []
     assert all(table in kept for table in readme)  # the same lines, in the same order
+
+
+def _study(root: Path, dataset: str, results: dict[str, list[float]], epochs: int = 40) -> Path:
+    """A study folder holding only its table: row -> test top-1 of its seeds, on ``dataset``."""
+    runs = root / "runs"
+    for row, accuracies in results.items():
+        for seed, test in enumerate(accuracies):
+            _run(runs, row, seed, test, test, dataset=dataset, epochs=epochs, baseline=row == "weak")
+    write_report(compare_rows(collect_runs([runs]))[0], root / "study")
+    shutil.rmtree(runs)
+    return root / "study"
+
+
+def test_the_table_across_datasets_matches_rows_by_name(tmp_path):
+    cifar = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40, 0.42, 0.44], "small-data": [0.50]})
+    euro = _study(tmp_path / "b", "eurosat-2040", {"small-data": [0.80, 0.90], "weak": [0.70, 0.70]})
+    caltech = _study(tmp_path / "c", "caltech101-2020", {"resnet18": [0.3]})
+    rows, _ = compare_rows(collect_runs([cifar, euro, caltech]))
+    header, cells = dataset_cells(rows)
+    assert header == [
+        "row",
+        "cifar10-sample test top-1 % (runs)",
+        "eurosat-2040 test top-1 % (runs)",
+        "caltech101-2020 test top-1 % (runs)",
+    ]
+    # weak on eurosat: 70, 70 -> std 0; small-data: 80, 90 -> mean 85, std sqrt(50)
+    assert cells == [
+        ["weak", "42.00 ± 2.00 (3)", "70.00 ± 0.00 (2)", "–"],
+        ["small-data", "50.00 (1)", f"85.00 ± {math.sqrt(50):.2f} (2)", "–"],
+        ["resnet18", "–", "–", "30.00 (1)"],
+    ]
+    written = write_dataset_table(rows, tmp_path / "out", command="smallvit compare a b c --by-dataset")
+    assert "| small-data | 50.00 (1) | 85.00 ± 7.07 (2) | – |" in written[0].read_text()
+    lines = written[1].read_text().splitlines()
+    assert lines[0] == "row,dataset,runs,test_top1_mean,test_top1_std" and len(lines) == 1 + 5
+    assert lines[-1].startswith("resnet18,caltech101-2020,1,30.") and lines[-1].endswith(",")
+
+
+def test_the_table_across_datasets_refuses_two_protocols_of_a_row_on_one_dataset(tmp_path):
+    short = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40]}, epochs=20)
+    long = _study(tmp_path / "b", "cifar10-sample", {"weak": [0.50]}, epochs=60)
+    rows, _ = compare_rows(collect_runs([short, long]))
+    with pytest.raises(SmallViTError, match="row 'weak' has runs under two protocols on cifar10-sample"):
+        dataset_cells(rows)
+
+
+def test_cli_compare_by_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "_width", 250)
+    cifar = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40, 0.42]})
+    euro = _study(tmp_path / "b", "eurosat-2040", {"weak": [0.70]})
+    result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), "--by-dataset", "--json"])
+    assert result.exit_code == 0, result.output
+    [weak] = json.loads(result.stdout)
+    assert weak["name"] == "weak" and weak["datasets"]["eurosat-2040"] == {"mean": 70.0, "std": None, "runs": 1}
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), "--by-dataset", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "41.00 ± 1.41 (2)" in result.output and "--by-dataset --output" in (out / "datasets.md").read_text()
+    assert not (out / "report.md").exists()

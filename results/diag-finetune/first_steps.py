@@ -1,4 +1,4 @@
-"""Issue 10 diagnosis: what the first 30 fine-tuning steps after a linear probe do to validation accuracy.
+"""Diagnosis: what the first 30 fine-tuning steps after a linear probe do to validation accuracy.
 
 Loads the RelViT pre-training of `results/diag-finetune` into the `cmp-finetune` stage, starts the classifier as a
 probe of the frozen features, and trains 30 steps (two epochs of the 2040 images; lr warmed up over the first 15, as
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from smallvit.config import load_recipe
 from smallvit.engine.experiment import build_experiment
-from smallvit.engine.trainer import build_optimizer, device_name, evaluate, objective_weights, optimizer_step
+from smallvit.engine.provenance import device_name
+from smallvit.engine.trainer import build_optimizer, evaluate, objective_weights, optimizer_step
 from smallvit.metrics import extract_features, train_linear_probe
 
 STEPS, WARMUP_STEPS, BATCH = 30, 15, 128
