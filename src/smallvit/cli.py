@@ -527,39 +527,53 @@ def sweep(
 
 @app.command(
     epilog="Examples:\n\n  smallvit compare runs/sweeps/cifar10-sample-60ep --output results/cifar10-sample-60ep"
-    "\n\n  smallvit compare results/summaries --baseline quickstart --json",
+    "\n\n  smallvit compare results/legacy-20ep --baseline quickstart --json"
+    "\n\n  smallvit compare results/cifar10-60ep results/imagenette-40ep --by-dataset",
 )
 def compare(
-    paths: Annotated[list[Path], typer.Argument(help="Run folders, summary.json files, sweep files, folders of runs.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Run folders, summary.json files, sweep files, runs.csv tables, their folders.")
+    ],
     baseline: Annotated[
         str | None, typer.Option(help="Row to measure gains against (default: the row a sweep marked baseline).")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option(help="Folder for report.md, accuracy.png, val_curves.png and copies of the runs.")
+        Path | None,
+        typer.Option(help="Folder for report.md, accuracy.png, val_curves.png and the runs' table (runs.csv)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
     checkpoint: Annotated[
         str,
         typer.Option(help="final: the last epoch's accuracies; best: those of the checkpoint chosen on validation."),
     ] = "final",
+    by_dataset: Annotated[
+        bool,
+        typer.Option(
+            "--by-dataset", help="One line per row name, one column per dataset (test top-1); --output: datasets.md."
+        ),
+    ] = False,
 ) -> None:
     """Table of runs grouped by row: test/validation top-1 (mean ± std over seeds), gain over a baseline, speed."""
     import json
     import shlex
 
-    from smallvit.compare import collect_runs, compare_rows, rows_json, rows_table, write_report
+    from smallvit import compare as comparing
 
-    rows, notes = compare_rows(collect_runs(paths, checkpoint), baseline=baseline)
+    rows, notes = comparing.compare_rows(comparing.collect_runs(paths, checkpoint), baseline=baseline)
     for note in notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)
+    as_table, to_json, write = (comparing.rows_table, comparing.rows_json, comparing.write_report)
+    if by_dataset:
+        as_table, to_json, write = (comparing.dataset_table, comparing.dataset_json, comparing.write_dataset_table)
     if as_json:
-        typer.echo(json.dumps(rows_json(rows), indent=2))
+        typer.echo(json.dumps(to_json(rows), indent=2))
     else:
-        console.print(rows_table(rows))
+        console.print(as_table(rows))
     if output is not None:
         command = ["smallvit", "compare", *map(str, paths), *(["--baseline", baseline] if baseline else [])]
         command += ["--checkpoint", checkpoint] if checkpoint != "final" else []
-        written = write_report(rows, output, command=shlex.join([*command, "--output", str(output)]))
+        command += ["--by-dataset"] if by_dataset else []
+        written = write(rows, output, command=shlex.join([*command, "--output", str(output)]))
         (err_console if as_json else console).print(f"wrote {', '.join(map(str, written))}", highlight=False)
 
 

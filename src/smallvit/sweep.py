@@ -60,7 +60,7 @@ from smallvit.errors import ConfigError, SmallViTError, Strict, validation_error
 
 DEFAULT_IMAGES_PER_S = 100.0
 """Training throughput assumed before a sweep has finished runs: vit_lite at 32 px on two CPU threads (fp32) trains
-about 100-120 images/s (results/summaries/)."""
+about 100-120 images/s (results/legacy-20ep/runs.csv)."""
 
 Status = Literal["done", "partial", "todo"]
 Runner = Callable[[list[str]], int]
