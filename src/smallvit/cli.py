@@ -87,10 +87,10 @@ def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
             summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
     except (KeyboardInterrupt, Interrupted) as err:
         if recipe is not None and _discard_untrained(run_dir):
-            err_console.print(f"{err or 'interrupted'} before training began: nothing to resume")
+            err_console.print(f"{str(err) or 'interrupted'} before training began: nothing to resume")
             raise typer.Exit(130) from None
         err_console.print(
-            f"{err or 'interrupted'}: continue with `smallvit train --resume {run_dir}`",
+            f"{str(err) or 'interrupted'}: continue with `smallvit train --resume {run_dir}`",
             soft_wrap=True,  # one line, so that the command can be copied
             markup=False,
             highlight=False,
@@ -392,8 +392,10 @@ def predict(
 ) -> None:
     """Classify images with a trained run, preprocessed as the run's evaluation was; unreadable files are reported
     one per line and the rest are still classified (exit code 1 if any could not be read)."""
-    from smallvit.predict import find_images, load_predictor, predict_files, write_csv
+    from smallvit.predict import check_csv_path, find_images, load_predictor, predict_files, write_csv
 
+    if csv_file is not None:
+        check_csv_path(csv_file)
     predictor = load_predictor(model, device=device, checkpoint=checkpoint)
     files = find_images(images)
 

@@ -168,8 +168,13 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"sweep file '{path}' does not exist: check the path")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"sweep file '{path}' is not valid YAML: it is binary, not text; give a sweep file") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: e.g. a date that does not exist
+        reason = "nested too deeply" if isinstance(err, RecursionError) else (str(err).splitlines() or ["?"])[0]
+        raise ConfigError(f"sweep file '{path}' is not valid YAML: {reason}") from None
+    except OSError as err:
+        raise ConfigError(f"sweep file '{path}' cannot be read ({err.strerror}): check the path") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file '{path}' must be a YAML mapping with name, runs and optionally seeds, overrides")
     try:

@@ -387,6 +387,7 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path, decode_calls):
 
 def test_corrupt_image_names_the_file(tmp_path):
     save_image(tmp_path / "good/a/0.png", pixels(8, 8))
+    save_image(tmp_path / "good/b/0.png", pixels(8, 8))
     (tmp_path / "good/a/1.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DataError) as excinfo:
         load_dataset("imagefolder", "train", root=tmp_path / "good")

@@ -15,6 +15,8 @@ A child may carry fault hooks, installed in that child only (``hooks``):
   batch, so its loss is not finite;
 - ``pause_in_step: [N, ready, go]`` — at the start of step N, create file ``ready`` and wait until file ``go`` exists
   (a test signals the process meanwhile, so the signal lands mid-epoch at a known step);
+- ``pause_in_decode: [ready, go]`` — the same when the images start decoding (give the child an empty
+  ``SMALLVIT_CACHE``, or nothing is decoded), before training begins;
 - ``enospc_in_write: [NAME, K]`` — the K-th checkpoint write of file NAME writes half its bytes and fails with
   ``OSError(ENOSPC)``, as a full disk does;
 - ``pictures: true`` — draw the run's pictures at the end of training (curves, confusion matrix, attention...).
@@ -44,9 +46,18 @@ from pathlib import Path
 # ---------------------------------------------------------------- the server (runs in its own process)
 
 
+def _pause(ready: str, go: str) -> None:
+    """Create file ``ready``, then wait until file ``go`` exists (at most a minute)."""
+    Path(ready).touch()
+    deadline = time.monotonic() + 60
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _install_hooks(hooks: dict) -> None:
     import errno
 
+    import smallvit.data.formats as formats
     import smallvit.engine.checkpoint as checkpoint
     import smallvit.engine.trainer as trainer
 
@@ -68,11 +79,7 @@ def _install_hooks(hooks: dict) -> None:
             if hooks.get("kill_in_step") == step:
                 os.kill(os.getpid(), signal.SIGKILL)
             if "pause_in_step" in hooks and hooks["pause_in_step"][0] == step:
-                _, ready, go = hooks["pause_in_step"]
-                Path(ready).touch()
-                deadline = time.monotonic() + 60
-                while not Path(go).exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                _pause(*hooks["pause_in_step"][1:])
             if hooks.get("nan_in_step") == step and not poisoned_once:
                 poisoned_once.append(step)
                 augment = exp.augment
@@ -91,6 +98,15 @@ def _install_hooks(hooks: dict) -> None:
             return real_step(exp, train_model, optimizer, *args, **kwargs)
 
         trainer.optimizer_step = optimizer_step
+
+    if "pause_in_decode" in hooks:
+        real_decode = formats.decode_files
+
+        def decode_files(*args, **kwargs):
+            _pause(*hooks["pause_in_decode"])
+            return real_decode(*args, **kwargs)
+
+        formats.decode_files = decode_files
 
     if "enospc_in_write" in hooks:
         name, nth = hooks["enospc_in_write"]

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -315,6 +316,26 @@ def test_a_class_missing_from_one_split_keeps_every_label(tmp_path):
     assert train.labels.tolist() == [0, 1, 2] and val.labels.tolist() == [0, 2]  # c is 2 in both
 
 
+def test_class_folders_without_any_image_are_named(tmp_path):
+    """Not "no train folder": the folder has the flat layout, only its class folders are empty."""
+    for c in ("cats", "dogs"):
+        (tmp_path / "flat" / c).mkdir(parents=True)
+    (tmp_path / "flat/dogs/photo.heic").write_bytes(b"not a format smallvit reads")
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("imagefolder", "train", root=tmp_path / "flat", image_size=8)
+    one_line_error(excinfo, f"class folders 'cats', 'dogs' in {tmp_path / 'flat'} hold no images", ".jpg, .jpeg")
+
+
+def test_a_folder_with_one_class_is_an_error_not_a_perfect_classifier(tmp_path):
+    for i in range(4):
+        save_image(tmp_path / f"flat/only/{i}.png", pixels(8, 8, i))
+        save_image(tmp_path / f"split/{'train' if i else 'val'}/only/{i}.png", pixels(8, 8, i))
+    for root in (tmp_path / "flat", tmp_path / "split"):
+        with pytest.raises(DataError) as excinfo:
+            load_dataset("imagefolder", "train", root=root, image_size=8)
+        one_line_error(excinfo, f"{root} has one class, 'only'", "a classifier needs at least two")
+
+
 # --- 16-bit and 32-bit images ---------------------------------------------------------------------------------------
 
 
@@ -402,3 +423,25 @@ def test_skipping_keeps_images_and_labels_aligned():
     one_line_error(excinfo, "none of the split's 2 image files decode")
     with pytest.raises(ConfigError):
         decode_split(raw, 4, 3, on_bad_file="ignore")
+
+
+def test_a_named_pipe_among_the_images_is_a_bad_file_not_a_hang(tmp_path):
+    """Opening a FIFO waits for a writer forever: it is refused as not a regular file, named, or skipped on request.
+    Should the decoder open it anyway, the thread below writes an empty stream into it, so the test fails, not hangs.
+    """
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        save_image(root / f"{c}/0.png", pixels(8, 8))
+    pipe = root / "a" / "1.jpg"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: open(pipe, "wb").close(), daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(DataError) as excinfo:
+            load_dataset("imagefolder", "train", root=root, image_size=8)
+        one_line_error(excinfo, f"cannot decode {pipe} (a named pipe, not a regular file)", "remove the file")
+        train = load_dataset("imagefolder", "train", root=root, image_size=8, on_bad_file="skip")
+        assert train.skipped == [str(pipe)] and train.labels.tolist() == [0, 1]
+    finally:
+        os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
+        writer.join(timeout=10)

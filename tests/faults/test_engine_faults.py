@@ -6,6 +6,7 @@ Each test names the guarantee it proves. Command-line behaviour is tested on rea
 one 48-d block, 3 epochs of 4 steps): the file takes about 50 s of CPU, 90 s on 2 cores shared with other work.
 """
 
+import errno
 import json
 import os
 import random
@@ -18,15 +19,21 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+import smallvit.engine.checkpoint as checkpoint_module
 import smallvit.engine.trainer as trainer
 from smallvit.config import load_recipe
 from smallvit.engine.checkpoint import load_checkpoint, save_checkpoint
+from smallvit.engine.logging import plot_curves, read_metrics
 from smallvit.engine.runner import new_run_dir
 from smallvit.engine.trainer import NonFiniteLoss, train
+from smallvit.errors import SmallViTError
 
 FAST = [
     "epochs=3",
@@ -477,3 +484,148 @@ def test_sigkill_at_three_random_steps_then_resume_is_bit_identical(cli, env, re
     assert_bit_identical(run, reference)
     train_steps = [r["step"] for r in records(run) if r["kind"] == "train"]
     assert train_steps == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))  # no record twice, none missing
+
+
+# ---------------------------------------------------------------- what a crash leaves: partial and damaged run files
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    ],
+    ids=["OSError", "SafetensorError"],
+)
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, error):
+    """safetensors reports a failed write as its own SafetensorError, with the OS error inside its message."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    path = checkpoints / "last.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 10)  # the part that fitted
+        raise error
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full_disk)
+    with pytest.raises(SmallViTError) as excinfo:
+        save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not write {path} (No space left on device): free disk space, then continue with ")
+    assert message.endswith(f"`smallvit train --resume {tmp_path / 'run'}`; the previous checkpoint is intact")
+    assert load_checkpoint(path)[1]["epoch"] == 1
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.json", "last.safetensors"]
+
+
+def test_a_failed_first_checkpoint_says_none_was_written(tmp_path, monkeypatch):
+    def read_only(tensors, filename, metadata=None):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(filename))
+
+    monkeypatch.setattr(checkpoint_module, "save_file", read_only)
+    with pytest.raises(SmallViTError, match=r"\(Read-only file system\): make the folder writable; no best.safe"):
+        save_checkpoint(tmp_path / "best.safetensors", {"w": torch.ones(2)}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def cut_last_record(path: Path) -> None:
+    """Cut the file in the middle of its last line, as a power cut during an append leaves it."""
+    text = path.read_text()
+    last = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: last + (len(text) - last) // 2])
+
+
+def warning_line(result) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_metrics_file_cut_mid_record_is_read_without_that_record(tmp_path, caplog):
+    records = [{"kind": "train", "step": step, "epoch": 1, "train/loss": 1.0 / step} for step in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cut_last_record(tmp_path / "metrics.jsonl")
+    assert read_metrics(tmp_path) == records[:2]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'metrics.jsonl'} ends in a record cut off mid-write (the run was stopped while writing it): "
+        "left out"
+    ]
+    assert plot_curves(tmp_path) == tmp_path / "curves.png"
+
+
+def test_a_damaged_metrics_line_before_the_last_is_one_line(tmp_path):
+    lines = ['{"kind": "train", "step": 1}', '{"kind": "tr\x00', '{"kind": "train", "step": 3}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SmallViTError, match=r"metrics.jsonl line 2 is not a JSON record .*: delete that line"):
+        read_metrics(tmp_path)
+
+
+def test_a_metrics_file_cut_mid_record_resumes_exactly_and_plots(cli, env, reference, tmp_path):
+    run = unfinished_copy(reference, tmp_path / "run")
+    cut_last_record(run / "metrics.jsonl")
+    result = cli.run("train", "--resume", run, "--quiet", env=env)
+    succeeded(result)
+    assert "metrics.jsonl ends in a record cut off mid-write" in warning_line(result)
+    assert_bit_identical(run, reference)  # the cut record was after the checkpoint: written again
+    finished = shutil.copytree(reference, tmp_path / "finished")
+    cut_last_record(finished / "metrics.jsonl")
+    assert not (finished / "curves.png").exists()  # the command-line children draw no pictures while training
+    result = cli.run("plot", finished, env=env)
+    succeeded(result)
+    assert "metrics.jsonl ends in a record cut off mid-write" in warning_line(result)
+    assert (finished / "curves.png").is_file()
+
+
+def test_a_damaged_summary_is_written_again_by_a_resume(cli, env, reference, tmp_path):
+    """The summary is derived: from the final checkpoint a resume evaluates again and writes it."""
+    run = shutil.copytree(reference, tmp_path / "run")
+    summary = run / "summary.json"
+    summary.write_text(summary.read_text()[:40])
+    result = cli.run("train", "--resume", run, "--quiet", env=env)
+    succeeded(result)
+    assert f"{summary} is damaged (" in warning_line(result)
+    assert_bit_identical(run, reference)
+
+
+def test_a_damaged_summary_without_a_checkpoint_is_one_line(cli, env, reference, tmp_path):
+    run = shutil.copytree(reference, tmp_path / "run")
+    shutil.rmtree(run / "checkpoints")
+    (run / "summary.json").write_bytes(b"\x00\x9f\xff")
+    result = cli.run("train", "--resume", run, "--quiet", env=env)
+    one_line_error(result, f"{run / 'summary.json'} is damaged", "no checkpoint to write it again from", "restore")
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "compare"])
+def test_a_binary_sweep_file_is_one_line(cli, env, tmp_path, command):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    one_line_error(cli.run(command, sweep, env=env), f"sweep file '{sweep}' is not valid YAML", "binary")
+
+
+def test_predict_into_a_csv_in_a_missing_folder_is_one_line_before_any_work(cli, env, reference, tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    result = cli.run("predict", reference, image, "--csv", tmp_path / "missing" / "p.csv", env=env)
+    one_line_error(result, f"--csv {tmp_path / 'missing' / 'p.csv'}: {tmp_path / 'missing'} does not exist")
+    assert result.stdout == ""  # nothing classified, nothing printed
+    result = cli.run("predict", reference, image, "--csv", tmp_path, env=env)
+    one_line_error(result, f"--csv {tmp_path} is a folder")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_images_decode_stops_cleanly_and_frees_the_name(cli, env, tmp_path, sig):
+    """Before training begins there is nothing to resume: SIGTERM, like Ctrl-C, removes the lock and the folder."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    env = dict(env, SMALLVIT_CACHE=str(tmp_path / "cache"))  # empty: the images are decoded
+    child = cli.start(*train_args(tmp_path, "run"), env=env, hooks={"pause_in_decode": [str(ready), str(go)]})
+    wait_for(ready)
+    assert (tmp_path / "run" / ".lock").is_file()
+    os.kill(child.pid, sig)
+    go.touch()
+    result = child.wait()
+    assert result.returncode == 130, result.stderr
+    stopped = f"stopped by signal {int(sig)}" if sig == signal.SIGTERM else "interrupted"
+    assert result.stderr == f"{stopped} before training began: nothing to resume\n"
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import stat
 import sys
 import time
 import warnings
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -325,6 +326,7 @@ def read_imagefolder(folder: Path, split: str, val_fraction: float = 0.1, seed: 
     out ``val_fraction`` of each class, chosen with ``seed``. Classes are the sorted class-folder names; in the first
     layout those of all split folders together, so every split numbers the classes alike, also when one split lacks
     a class. A class folder without images is an error (in any split): silently dropping it would shift the labels.
+    So is a single class: a classifier needs at least two.
     """
     subdirs = _subdirs(folder)
     images_per_subdir = [_images_in(d) for d in subdirs]
@@ -336,6 +338,8 @@ def read_imagefolder(folder: Path, split: str, val_fraction: float = 0.1, seed: 
         files = [(c, path) for c, paths in enumerate(images_per_subdir) for path in paths]
         held_out = _held_out(np.array([c for c, _ in files]), val_fraction, seed)
         files = [file for file, held in zip(files, held_out, strict=True) if held == (split == "val")]
+    elif subdirs and not any(_subdirs(d) for d in subdirs):  # folder/<class>/, not one image in any of them
+        _refuse_empty_classes(folder, dict(zip(subdirs, images_per_subdir)))
     elif split in [d.name for d in subdirs]:  # folder/<split>/<class>/<image>
         per_split = {d.name: {c: _images_in(c) for c in _subdirs(d)} for d in subdirs}
         for split_name, per_class in per_split.items():
@@ -346,6 +350,11 @@ def read_imagefolder(folder: Path, split: str, val_fraction: float = 0.1, seed: 
     else:
         found = ", ".join(d.name for d in subdirs) or "none"
         raise DataError(f"{folder} has no {split!r} folder (found: {found}): expected {folder}/<split>/<class>/<image>")
+    if len(classes) == 1:
+        raise DataError(
+            f"{folder} has one class, {classes[0]!r}: a classifier needs at least two; add a folder of images for "
+            "each class"
+        )
     if not files:
         raise DataError(
             f"split {split!r} of {folder} has no images: add images, or use {folder}/<split>/<class>/<image>"
@@ -364,12 +373,16 @@ def _held_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def _refuse_empty_classes(folder: Path, images_per_class: dict[Path, list[Path]]) -> None:
-    for class_dir, images in images_per_class.items():
-        if not images:
-            raise DataError(
-                f"class folder {class_dir.name!r} in {folder} holds no images: remove it or add images; "
-                "an empty class would shift every label after it"
-            )
+    """An error naming the class folders without images, if any."""
+    empty = [class_dir.name for class_dir, images in images_per_class.items() if not images]
+    if not empty:
+        return
+    names = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    which = f"class folder {names} in {folder} holds" if len(empty) == 1 else f"class folders {names} in {folder} hold"
+    if len(empty) == len(images_per_class):
+        raise DataError(f"{which} no images (files ending {', '.join(IMAGE_SUFFIXES)}): add images to them")
+    them = "it" if len(empty) == 1 else "them"
+    raise DataError(f"{which} no images: remove {them} or add images; an empty class would shift every label after it")
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -600,6 +613,9 @@ def _decode_rest(
                     "a worker process decoding the images stopped unexpectedly (out of memory?): free memory and "
                     "try again"
                 ) from None
+            except BaseException:  # Ctrl-C or SIGTERM: stop after the chunks in progress, not after all the others
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -724,7 +740,8 @@ def _decode_pixels(file: Path | bytes, mode: str, draft_size: int | None = None)
     ``draft_size``: decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= it, and apply
     the EXIF orientation (the "draft" method of :func:`decode_file`).
     """
-    with Image.open(file if isinstance(file, Path) else io.BytesIO(file)) as image:
+    source = _open_regular(file) if isinstance(file, Path) else io.BytesIO(file)
+    with source, Image.open(source) as image:
         if draft_size is not None:
             image.draft(None, (draft_size, draft_size))  # no-op for formats other than JPEG
             image = ImageOps.exif_transpose(image)
@@ -732,6 +749,22 @@ def _decode_pixels(file: Path | bytes, mode: str, draft_size: int | None = None)
     if pixels.size == 0:
         raise ValueError("the image has no pixels")
     return torch.from_numpy(np.atleast_3d(pixels)).permute(2, 0, 1)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading; anything but a regular file is refused as not an image. Opening a named pipe
+    would wait for a writer forever, and a device can be read without end: the open does not wait (the flag has no
+    effect on regular files) and the check runs on what was opened."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kinds = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+            raise ValueError(f"{kinds.get(stat.S_IFMT(mode), 'a device')}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

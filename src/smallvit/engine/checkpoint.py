@@ -10,14 +10,16 @@ damaged later (a bad disk, a truncated copy) still leaves one to resume from.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -26,25 +28,46 @@ from smallvit.errors import SmallViTError
 
 def _write_atomic(path: Path, write, keep_previous: Path | None = None) -> None:
     """Write through a temporary file and one ``os.replace``; with ``keep_previous``, the file being replaced is first
-    hard-linked there, so at every instant both ``path`` and the previous version are complete files."""
+    hard-linked there, so at every instant both ``path`` and the previous version are complete files. A failed write
+    (a full disk, no permission) removes its temporary file and is one :class:`SmallViTError` line."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    link = keep_previous.with_name(f".{keep_previous.name}.tmp-{os.getpid()}") if keep_previous else None
+    existed = path.is_file()
     try:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        if keep_previous is not None and path.is_file():
-            link = keep_previous.with_name(f".{keep_previous.name}.tmp-{os.getpid()}")
+        if link is not None and existed:
             link.unlink(missing_ok=True)
             os.link(path, link)
             os.replace(link, keep_previous)
         os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise SmallViTError(
-            f"could not write {path} ({err.strerror or err}): free disk space or fix permissions, then resume "
-            "with `smallvit train --resume RUN`; the previous checkpoint is intact"
-        ) from None
+    except (OSError, SafetensorError) as err:
+        for leftover in (tmp, link):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+        raise SmallViTError(_write_failure(path, err, existed)) from None
+
+
+def _write_failure(path: Path, err: OSError | SafetensorError, existed: bool) -> str:
+    """What went wrong writing ``path`` (safetensors reports the OS error inside its own message), the fix, and what
+    is left of the file it was replacing."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None and (found := re.search(r"os error (\d+)", str(err))):
+        code = int(found.group(1))
+    reason = os.strerror(code) if code else " ".join(str(err).split()) or type(err).__name__
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable"
+    else:
+        fix = "fix the cause"
+    if path.parent.name == "checkpoints":  # a run's checkpoint: <run>/checkpoints/
+        fix += f", then continue with `smallvit train --resume {path.parent.parent}`"
+    what = "checkpoint" if path.suffix == ".safetensors" else path.name
+    kept = f"the previous {what} is intact" if existed else f"no {path.name} was written"
+    return f"could not write {path} ({reason}): {fix}; {kept}"
 
 
 def tensor_digest(tensors: dict[str, Tensor]) -> str:

@@ -1,14 +1,20 @@
-"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard, a live progress bar, and ``curves.png``."""
+"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard, a live progress bar, and ``curves.png``; reading them
+and ``summary.json`` back."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from smallvit.errors import SmallViTError
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -78,8 +84,48 @@ def headline(record: dict, prefix: str = "train/") -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` (none when it is missing). A last line cut off mid-record, as a crash or a
+    power cut leaves it, is left out with a one-line warning (a resume rewrites the file without it); a damaged line
+    before it is an error."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            if number < len(lines):
+                raise SmallViTError(
+                    f"{path} line {number} is not a JSON record ({err}): delete that line or restore the file"
+                ) from None
+            log.warning("%s ends in a record cut off mid-write (the run was stopped while writing it): left out", path)
+    return records
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """A finished run's ``summary.json``, or None when there is none. A damaged one (cut off by a crash, say) is None
+    too, with a one-line warning, where the run still has its last checkpoint: the summary is derived from it, and a
+    resume writes it again; without a checkpoint it is an error."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+    except ValueError as err:  # also UnicodeDecodeError: binary garbage
+        reason = " ".join(str(err).split())
+        checkpoints = run_dir / "checkpoints"
+        if not any((checkpoints / name).is_file() for name in ("last.safetensors", "last.prev.safetensors")):
+            raise SmallViTError(
+                f"{path} is damaged ({reason}) and the run has no checkpoint to write it again from: restore the "
+                "file from a copy, or train the run again"
+            ) from None
+        log.warning("%s is damaged (%s): the run resumes from its last checkpoint to write it again", path, reason)
+        return None
+    return summary
 
 
 def make_progress(console: Console, quiet: bool) -> Progress:

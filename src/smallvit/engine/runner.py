@@ -8,7 +8,6 @@ that finished (they have ``summary.json``) and continues the first that did not.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -21,6 +20,8 @@ from rich.console import Console
 
 from smallvit.config import Recipe, RunConfig, read_yaml_mapping, validate_run
 from smallvit.engine.experiment import write_json
+from smallvit.engine.interrupts import sigterm_as_interrupt
+from smallvit.engine.logging import read_summary
 from smallvit.engine.trainer import epochs_text, train
 from smallvit.errors import SmallViTError
 
@@ -103,7 +104,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, quiet: bool = False, console: C
     """Train every stage of ``recipe`` into ``run_dir``; returns their summaries."""
     console = console or Console()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(run_dir):
+    with sigterm_as_interrupt(), _lock(run_dir):
         if len(recipe.stages) > 1:
             stages_yaml = {"name": recipe.name, "stages": [s.to_dict() for s in recipe.stages]}
             (run_dir / "recipe.yaml").write_text(yaml.safe_dump(stages_yaml, sort_keys=False))
@@ -125,7 +126,7 @@ def resume_run(run_dir: Path, *, quiet: bool = False, console: Console | None = 
         stages = [validate_run(read_yaml_mapping(run_dir / "config.yaml", "run config"), f"run '{run_dir}'")]
     else:
         raise SmallViTError(f"'{run_dir}' is not a run folder (no config.yaml or recipe.yaml): check the path")
-    with _lock(run_dir):
+    with sigterm_as_interrupt(), _lock(run_dir):
         return _run_stages(stages, stage_dirs(run_dir, stages), run_dir, quiet, console, resume=True)
 
 
@@ -149,9 +150,8 @@ def _run_stages(
                     "give model.init_from=runs/<pre-training run>"
                 )
             stage = stage.model_copy(update={"model": stage.model.model_copy(update={"init_from": str(dirs[i - 1])})})
-        summary_path = stage_dir / "summary.json"
-        if resume and summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
+        summary = read_summary(stage_dir) if resume else None
+        if summary is not None:
             limit = summary.get("time_limit") or {}
             raised = limit.get("stopped") and (stage.train.time_limit_s or math.inf) > limit["limit_s"]
             if not raised:
