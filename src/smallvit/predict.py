@@ -217,15 +217,6 @@ def check_csv_path(path: Path) -> None:
         raise SmallViTError(f"--csv {path}: {path.parent} {problem}: create the folder or give another path")
 
 
-def check_csv_path(path: Path) -> None:
-    """Refuse a ``--csv`` file that could not be written, before any image is classified."""
-    if path.is_dir():
-        raise SmallViTError(f"--csv {path} is a folder: give a file name, e.g. {path / 'predictions.csv'}")
-    if not path.parent.is_dir():
-        problem = "is not a folder" if path.parent.exists() else "does not exist"
-        raise SmallViTError(f"--csv {path}: {path.parent} {problem}: create the folder or give another path")
-
-
 def write_csv(predictions: list[Prediction], path: Path, top_k: int) -> Path:
     """One row per image: its path, then its top-k classes and probabilities, most probable first (empty cells when
     the model has fewer than ``top_k`` classes)."""
