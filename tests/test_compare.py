@@ -32,7 +32,6 @@ from smallvit.compare import (
 )
 from smallvit.compare.datasets import dataset_cells, write_dataset_table
 from smallvit.compare.report import report_text
-from smallvit.compare.table import COLUMNS
 from smallvit.errors import SmallViTError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,11 +287,20 @@ def test_runs_found_in_folders_and_in_the_table_count_once(sweep_runs, tmp_path)
     assert len((report / "runs.csv").read_text().splitlines()) == 1 + 5
 
 
-def test_a_table_that_cannot_be_read_is_a_one_line_error(tmp_path):
-    (tmp_path / "runs.csv").write_text("row,seed\nweak,0\n")
+def test_a_table_that_cannot_be_read_is_a_one_line_error(sweep_runs, tmp_path):
+    (tmp_path / "short" / "runs.csv").parent.mkdir()
+    (tmp_path / "short" / "runs.csv").write_text("row,seed\nweak,0\n")
     with pytest.raises(SmallViTError, match="not a readable table of runs .*no column dataset"):
-        collect_runs([tmp_path])
-    assert COLUMNS[:2] == ("row", "seed")
+        collect_runs([tmp_path / "short"])
+    write_report(compare_rows(collect_runs([sweep_runs]))[0], tmp_path / "report")
+    table = tmp_path / "report" / "runs.csv"
+    table.write_text(table.read_text().replace("strong,2,", "strong,two,"))
+    with pytest.raises(SmallViTError, match="runs.csv' is not a readable table of runs .*'two'"):
+        collect_runs([table])
+    table.write_text(table.read_text().replace("strong,two,", "strong,2,"))
+    (tmp_path / "report" / "curves.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(SmallViTError, match="curves.jsonl.gz' is not a readable curves file"):
+        read_table(table)
 
 
 def test_a_balanced_accuracy_recorded_by_a_run_is_carried_and_never_invented(tmp_path):
@@ -516,7 +524,7 @@ def test_the_table_across_datasets_matches_rows_by_name(tmp_path):
     assert "| small-data | 50.00 (1) | 85.00 ± 7.07 (2) | – |" in written[0].read_text()
     lines = written[1].read_text().splitlines()
     assert lines[0] == "row,dataset,runs,test_top1_mean,test_top1_std" and len(lines) == 1 + 5
-    assert lines[-1].startswith("resnet18,caltech101-2020,1,30.") and lines[-1].endswith(",")
+    assert lines[2] == "weak,eurosat-2040,2,70.0,0.0" and lines[-1] == "resnet18,caltech101-2020,1,30.0,"
 
 
 def test_the_table_across_datasets_refuses_two_protocols_of_a_row_on_one_dataset(tmp_path):
@@ -535,6 +543,7 @@ def test_cli_compare_by_dataset(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     [weak] = json.loads(result.stdout)
     assert weak["name"] == "weak" and weak["datasets"]["eurosat-2040"] == {"mean": 70.0, "std": None, "runs": 1}
+    assert weak["datasets"]["cifar10-sample"] == {"mean": 41.0, "std": round(math.sqrt(2), 4), "runs": 2}
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), "--by-dataset", "--output", str(out)])
     assert result.exit_code == 0, result.output

@@ -81,13 +81,20 @@ def dataset_table(rows: list[Row]) -> Table:
     return table
 
 
+def _four(value: float | None) -> float | None:
+    """4 decimals, as the rows' JSON."""
+    return None if value is None else round(value, 4)
+
+
 def dataset_json(rows: list[Row]) -> list[dict]:
-    """One object per row name: its cells by dataset (mean and std in %, runs)."""
+    """One object per row name: its cells by dataset (mean and std in %, 4 decimals, null for none; runs)."""
     lines, _ = dataset_rows(rows)
     return [
         {
             "name": line.name,
-            "datasets": {d: {"mean": c.mean, "std": c.std, "runs": c.runs} for d, c in line.cells.items()},
+            "datasets": {
+                d: {"mean": _four(c.mean), "std": _four(c.std), "runs": c.runs} for d, c in line.cells.items()
+            },
         }
         for line in lines
     ]
@@ -98,7 +105,7 @@ NOTE = "test top-1 of each row's runs on each dataset: mean ± sample std over s
 
 def write_dataset_table(rows: list[Row], output: str | Path, command: str | None = None) -> list[Path]:
     """Write ``datasets.md`` (the table and its note) and ``datasets.csv`` (one line per row and dataset: row,
-    dataset, runs, test top-1 mean and std in %) into ``output``; returns the files written."""
+    dataset, runs, test top-1 mean and std in %, 4 decimals) into ``output``; returns the files written."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     lines, _ = dataset_rows(rows)
@@ -110,6 +117,7 @@ def write_dataset_table(rows: list[Row], output: str | Path, command: str | None
     writer.writerow(["row", "dataset", "runs", "test_top1_mean", "test_top1_std"])
     for line in lines:
         for dataset, cell in line.cells.items():
-            writer.writerow([line.name, dataset, cell.runs, *("" if v is None else v for v in (cell.mean, cell.std))])
+            figures = ["" if v is None else v for v in (_four(cell.mean), _four(cell.std))]
+            writer.writerow([line.name, dataset, cell.runs, *figures])
     (output / "datasets.csv").write_text(table.getvalue())
     return [output / "datasets.md", output / "datasets.csv"]
