@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from smallvit.engine.trainer import git_commit
+from smallvit.engine.provenance import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 

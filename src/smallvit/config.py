@@ -250,6 +250,19 @@ class TrainConfig(Strict):
         "test) after which the run stops at the end of its step, evaluates, checkpoints and writes its summary; the "
         "learning-rate schedule still follows train.epochs; None: no limit",
     )
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="seconds of training (counted as train.time_limit_s) that the schedules follow instead of the "
+        "steps: warm-up, then cosine to optim.min_lr as the budget is spent, when the run evaluates, checkpoints and "
+        "writes its summary; train.epochs then bounds the run and scales schedules written in epochs; None: off",
+    )
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="optimizer steps the schedules run over and the run ends after (at most train.epochs epochs; "
+        "repeats a train.time_budget_s run by steps: its summary's time_budget.max_steps); None: train.epochs",
+    )
 
 
 class RunConfig(Strict):

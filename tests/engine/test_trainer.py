@@ -5,8 +5,6 @@ import dataclasses
 import io
 import json
 import math
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ from smallvit.engine.runner import resume_run
 from smallvit.engine.schedules import warmup_cosine
 from smallvit.engine.trainer import NonFiniteLoss, evaluate, objective_weights, optimizer_step, train
 from smallvit.errors import SmallViTError
-from smallvit.metrics import extract_features
+from smallvit.metrics import extract_features, knn_accuracy
 
 TINY = [
     "data.subset.per_class=4",  # 40 training images: 2 steps per epoch at batch 20
@@ -263,20 +261,6 @@ def test_the_summary_records_the_commit_the_run_started_from_not_the_one_at_its_
     assert summary["provenance"]["git_commit"] == "started-here"
 
 
-def test_a_checkout_whose_commit_git_cannot_tell_is_said_in_one_line(monkeypatch):
-    def git_timing_out(args, **kwargs):
-        raise subprocess.TimeoutExpired(args, kwargs["timeout"])
-
-    if not any((folder / ".git").exists() for folder in Path(trainer.__file__).resolve().parents):
-        pytest.skip("smallvit is not installed from a checkout here")
-    monkeypatch.setattr(trainer.subprocess, "run", git_timing_out)
-    out = io.StringIO()
-    assert trainer.git_commit(Console(file=out, width=400)) is None
-    said = out.getvalue().strip()
-    assert said.startswith("warning: git could not tell this checkout's commit (") and "timed out" in said
-    assert "\n" not in said and said.endswith("the summary will have none")
-
-
 def test_a_run_its_time_limit_stopped_resumes_only_once_the_limit_is_raised(tmp_path):
     run, _, _ = _train(tmp_path, "epochs=3", "train.time_limit_s=0.000001")
     out = io.StringIO()
@@ -294,6 +278,33 @@ def test_a_run_its_time_limit_stopped_resumes_only_once_the_limit_is_raised(tmp_
     assert (resumed["epochs_run"], resumed["steps"], resumed["resumed"]) == (3, 6, True) and "time_limit" not in resumed
     assert resumed["training_s"] >= kept["training_s"]  # counted across the two runs
     assert [record["epoch"] for record in _records(run, "eval")] == [0.5, 3] and len(_records(run, "test")) == 1
+
+
+# ---------------------------------------------------------------- validation and online kNN after an epoch
+
+
+@pytest.mark.parametrize(
+    "eval_every, knn_every, expected",
+    [
+        (1, 0, [(True, False), (True, False), (True, False), (True, False)]),
+        (2, 3, [(False, False), (True, False), (False, True), (True, True)]),  # both after the last, epoch 4
+        (0, 2, [(False, False), (False, True), (False, False), (True, True)]),  # eval_every 0: only at the end
+    ],
+)
+def test_validation_and_online_knn_are_due_every_n_epochs_and_after_the_last(eval_every, knn_every, expected):
+    tc = _stage(f"train.eval_every={eval_every}", f"train.knn_every={knn_every}").train
+    assert [trainer.evaluations_due(tc, done, last=done == 4) for done in (1, 2, 3, 4)] == expected
+
+
+def test_online_knn_is_the_weighted_knn_of_the_frozen_validation_features():
+    exp = build_experiment(_stage())
+    features = [
+        extract_features(exp.model.backbone, images, exp.eval_augment) for images in (exp.train_images, exp.val.images)
+    ]
+    expected = knn_accuracy(
+        features[0], exp.train_labels, features[1], exp.val.labels, len(exp.classes), k=20, temperature=0.07
+    )
+    assert trainer.online_knn(exp, exp.model.backbone) == {"val/knn/acc1": expected}
 
 
 # ---------------------------------------------------------------- evaluation, precision, progress

@@ -18,9 +18,15 @@ class TrainingClock:
     ``limit_s`` (``train.time_limit_s``) and ``budget_s`` (``train.time_budget_s``) both end a run after the step that
     reaches them; the budget is also what a clock-following schedule spreads over (:meth:`start_step`)."""
 
-    def __init__(self, spent_s: float = 0.0, limit_s: float | None = None, budget_s: float | None = None):
+    def __init__(
+        self,
+        spent_s: float = 0.0,
+        limit_s: float | None = None,
+        budget_s: float | None = None,
+        last_step_s: float = 0.0,
+    ):
         self.spent_s, self.limit_s, self.budget_s = spent_s, limit_s, budget_s
-        self.last_step_s = 0.0  # how long the last step of this start took
+        self.last_step_s = last_step_s  # how long the last step took (a resumed run: before it stopped)
         self._started = now()
         self._step_started = self._started
 
@@ -38,7 +44,7 @@ class TrainingClock:
 
     def start_step(self) -> tuple[float, float]:
         """Mark a step's start; returns the training time now and the time the step is expected to end at, if it
-        takes as long as the last one (the first step of a start: now)."""
+        takes as long as the last one (the first step of a run: now)."""
         self._step_started = now()
         elapsed = self.spent_s + self._step_started - self._started
         return elapsed, elapsed + self.last_step_s

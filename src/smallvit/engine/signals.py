@@ -37,7 +37,7 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def interrupted(self, where: str) -> Interrupted:
-        """The error that ends a run stopped ``where`` (``at step 5 (epoch 1)``) once its checkpoint is written."""
-        source = f"signal {self.signal}" if self.signal is not None else "a signal to another rank"
-        return Interrupted(f"stopped by {source} {where}, checkpoint written")
+    @property
+    def source(self) -> str:
+        """What asked to stop, for messages: ``signal 15``, or another rank's signal (distributed)."""
+        return f"signal {self.signal}" if self.signal is not None else "a signal to another rank"

@@ -7,25 +7,19 @@ has no per-method cases. Distributed training (``torchrun``) is the few lines ma
 from __future__ import annotations
 
 import json
-import platform
-import signal
-import subprocess
-import threading
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import yaml
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from timm.optim import param_groups_layer_decay
-from timm.utils import ModelEmaV3
 from torch import Tensor
 
-import smallvit
-from smallvit.config import RunConfig, distributed_env
+from smallvit.config import RunConfig, TrainConfig, distributed_env
 from smallvit.data.batch import Batch
 from smallvit.data.loader import InMemoryLoader
 from smallvit.engine.checkpoint import (
@@ -38,11 +32,15 @@ from smallvit.engine.checkpoint import (
     save_checkpoint,
     usable_checkpoint,
 )
+from smallvit.engine.clock import TrainingClock
+from smallvit.engine.ema import Ema
 from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, write_json
 from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
 from smallvit.engine.memory import keep_freed_memory
 from smallvit.engine.pictures import draw_run_pictures
-from smallvit.engine.schedules import warmup_cosine
+from smallvit.engine.provenance import device_name, git_commit, provenance, versions
+from smallvit.engine.schedules import run_fraction, warmup_cosine
+from smallvit.engine.signals import Interrupted, StopRequest
 from smallvit.errors import ConfigError, SmallViTError
 from smallvit.metrics import extract_features, knn_accuracy, train_linear_probe
 from smallvit.models import no_weight_decay_names
@@ -134,18 +132,6 @@ def autocast(device: torch.device, precision: str):
 def objective_weights(config: RunConfig, epoch: float) -> list[float]:
     """Each objective's weight at ``epoch``: its run-level weight times its weight schedule's factor."""
     return [w.weight * w.weight_schedule.factor(epoch, config.train.epochs) for w in config.objective_weights]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 @torch.no_grad()
@@ -278,37 +264,6 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-class StopRequest:
-    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step (a second signal stops at once)."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Interrupted(SmallViTError):
-    """The run was stopped by a signal after writing a checkpoint it can resume from."""
-
-
-def _signal_name(stop: StopRequest) -> str:
-    return f"signal {stop.signal}" if stop.signal is not None else "a signal to another rank"
-
-
 def _any_rank(ddp: Distributed, flag: bool, device: torch.device) -> bool:  # distributed
     """Whether ``flag`` holds on any rank, so that all stop at the same step; every rank must call it."""
     if ddp.world_size == 1:
@@ -316,6 +271,16 @@ def _any_rank(ddp: Distributed, flag: bool, device: torch.device) -> bool:  # di
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _rank_max(ddp: Distributed, values: list[float], device: torch.device) -> list[float]:  # distributed
+    """Each of ``values`` (numbers, or flags) at its maximum over the ranks, so that all decide alike; every rank must
+    call it."""
+    if ddp.world_size == 1:
+        return values
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def rank_streams(ddp: Distributed, gen: torch.Generator | None) -> dict[str, Tensor]:
@@ -372,6 +337,75 @@ def _save(path: Path, model: torch.nn.Module, tensors: dict[str, Tensor], state:
     save_checkpoint(path, tensors, state)
 
 
+# ---------------------------------------------------------------- the run and its phases
+
+RESUMED = {"epoch": "start_epoch", "batch": "start_batch", "step": "step", "best": "best", "throughput": "throughput"}
+RESUMED |= {"skipped": "skipped", "train_s": "train_s", "step_s": "step_s", "fraction": "fraction"}
+"""Checkpoint state key → :class:`Run` field: what a resumed run continues from."""
+
+
+@dataclass
+class Run:
+    """One stage's training as its phases share it: what :func:`set_up` built, where the loop starts
+    (``start_epoch``, ``start_batch``), and the counters it moves on, which every checkpoint keeps."""
+
+    config: RunConfig
+    run_dir: Path
+    exp: Experiment
+    ddp: Distributed
+    console: Console
+    quiet: bool
+    commit: str | None  # the code's commit when this start began
+    precision: str
+    optimizer: torch.optim.Optimizer
+    ema: Ema | None
+    train_model: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    loader: InMemoryLoader
+    gen: torch.Generator  # the augmentation's random stream
+    probe_head: bool  # LP-FT: the classifier starts as a linear probe
+    resumed: bool = False
+    gen_state: Tensor | None = None  # a resumed run's augmentation stream, mid-epoch
+    start_epoch: int = 0
+    start_batch: int = 0
+    step: int = 0
+    best: float | None = None
+    throughput: list[float] = field(default_factory=list)
+    skipped: int = 0
+    train_s: float = 0.0  # training time of earlier starts
+    step_s: float = 0.0  # how long the last step took
+    fraction: float = 0.0  # how much of the run is done at the end of the last step (:func:`run_fraction`)
+    clock: TrainingClock | None = None
+    log: MetricsLog | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    end: str | None = None  # why the run ended before its last epoch: "schedule" or "time_limit"
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.exp.model
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.config.train
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    @property
+    def total_steps(self) -> int:
+        """The steps the schedule is spread over: ``train.max_steps``, else ``train.epochs`` epochs."""
+        return self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
+
+    @property
+    def by_fraction(self) -> bool:
+        """Whether the schedules follow :func:`run_fraction` (``max_steps`` or a time budget), not the epoch."""
+        return self.tc.max_steps is not None or self.tc.time_budget_s is not None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
 def train(
     config: RunConfig,
     run_dir: Path,
@@ -382,47 +416,54 @@ def train(
 ) -> dict:
     """Train one stage into ``run_dir``; returns the summary written to ``summary.json``.
 
-    With ``train.time_limit_s``, the loop stops at the end of the step at which its training time (steps, validation,
-    checkpoints; counted across resumes, not loading the data or the final test) reaches the limit, then evaluates on
-    validation, writes the last checkpoint and the summary (``time_limit.stopped``, ``epochs_run`` of the planned
-    ``epochs``, ``steps``, ``training_s``). Resuming a run that has spent its limit is an error: raise or remove the
-    limit in its config first.
+    The schedules (learning rate, objective weights) run over ``train.epochs`` epochs, or over:
+
+    - ``train.max_steps`` optimizer steps, when set: the run ends after that many (mid-epoch too), evaluates,
+      checkpoints and summarises as at the end of its last epoch;
+    - ``train.time_budget_s`` seconds of training (steps, validation, checkpoints; counted across resumes, not loading
+      the data or the final test), when set: the schedules follow the clock, as the elapsed fraction of the budget
+      (or the fraction of steps done, when further along), so warm-up then cosine reach ``optim.min_lr`` as the
+      budget is spent, on a machine that slows down or speeds up as well; the run ends at that step, evaluates,
+      checkpoints and summarises (``time_budget``: its steps, ``epochs_run``; ``smallvit train`` with
+      ``train.max_steps`` = those steps reproduces its length with a step schedule).
+
+    Schedules written in epochs (``optim.warmup_epochs``, objective weight warm-ups) are then read as fractions of
+    ``train.epochs``, and ``train.epochs`` bounds the run: one that reaches it first ends there (a time budget's
+    schedule is then annealed by the step fraction). ``train.max_steps`` above ``train.epochs`` epochs is an error.
+
+    With ``train.time_limit_s``, the loop stops at the end of the step at which its training time reaches the limit,
+    whatever the schedule, then evaluates on validation, writes the last checkpoint and the summary
+    (``time_limit.stopped``, ``epochs_run`` of the planned ``epochs``, ``steps``, ``training_s``). Resuming a run that
+    has spent its limit is an error: raise or remove the limit in its config first.
     """
-    # ---- set-up
-    console = console or Console()
+    run = set_up(config, run_dir, resume, quiet, console or Console())
+    if resume:
+        restore(run)
+    run.log = MetricsLog(run_dir, enabled=run.ddp.is_main)
+    run.clock = TrainingClock(run.train_s, config.train.time_limit_s, config.train.time_budget_s, run.step_s)
+    start_from_probe(run)
+    if run.by_fraction and run.fraction >= 1 and run.start_epoch < config.train.epochs:
+        run.end = "schedule"  # resumed after the step that ended it, before its summary
+    with StopRequest() as stop, make_progress(run.console, quiet or not run.ddp.is_main) as bar:
+        task = bar.add_task("", total=run.steps_per_epoch, stats="")
+        for epoch in range(run.start_epoch, config.train.epochs):
+            if run.end is not None:
+                break
+            last_batch = run_epoch(run, epoch, stop, bar, task)
+            evaluate_and_checkpoint(run, epoch, last_batch, stop, bar)
+    run.log.close()
+    return finish(run) if run.ddp.is_main else {}
+
+
+def set_up(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, console: Console) -> Run:
+    """Everything before the first step, in the order that fixes the random streams: seeds, the experiment (data,
+    model) and its loader, the run folder's files, LP-FT's probe head, the optimizer, EMA, compilation."""
     commit = git_commit(console)  # now, not at the end: the checkout may move on while the run trains
     keep_freed_memory()
     ddp = init_distributed()
     seed_everything(config.train.seed + ddp.rank)
     exp = build_experiment(config)
-    model, device, tc = exp.model, exp.device, config.train
-    precision = resolve_precision(tc.precision, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if ddp.is_main:
-        if not resume:  # a run restarted from scratch (killed before its first checkpoint) keeps no stale records
-            _truncate_metrics(run_dir, 0)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        if exp.subset_indices is not None:
-            write_json(run_dir / "subset_indices.json", {"train": exp.subset_indices.tolist()})
-        write_json(run_dir / "data.json", {"classes": exp.classes, "splits": exp.splits})
-        unreadable = sorted({name for split in exp.splits.values() for name in split["skipped_files"]})
-        if unreadable:
-            (run_dir / "skipped_files.txt").write_text("\n".join(unreadable) + "\n")
-            console.print(f"skipped {len(unreadable)} undecodable image(s), listed in {run_dir / 'skipped_files.txt'}")
-        if exp.init_report is not None:
-            console.print(f"initialised from {config.model.init_from}: {exp.init_report.summary()}")
-    probe_head = config.model.head_init == "linear_probe" and config.model.init_from and not resume
-    if probe_head:
-        accuracy = init_head_from_probe(exp)
-        if ddp.is_main:
-            console.print(f"classifier initialised as a linear probe of the loaded features (train acc {accuracy:.4f})")
-    optimizer = build_optimizer(model, config)
-    ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay else None
-    if tc.compile:
-        model.backbone.compile()
-    train_model = model
-    if ddp.world_size > 1:  # distributed
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    tc = config.train
     loader = InMemoryLoader(
         exp.train_images,
         exp.train_labels,
@@ -432,278 +473,372 @@ def train(
         rank=ddp.rank,
         world_size=ddp.world_size,
     )
-    steps_per_epoch = len(loader)
-    checkpoints = run_dir / "checkpoints"
-    progress_state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "throughput": [], "skipped": 0, "train_s": 0.0}
-    gen = torch.Generator(device=device)
-    gen_state = None
-    if resume:
-        path, state = usable_checkpoint(checkpoints, console if ddp.is_main else None)
-        model.load_state_dict(load_checkpoint(path, prefix="model.")[0])
-        if ema is not None:
-            ema.module.load_state_dict(load_checkpoint(path, prefix="ema.")[0])
-        tensors = load_checkpoint(path)[0]
-        optimizer_from_flat(optimizer, tensors, state["optimizer"])
-        restore_rng(_own_streams(tensors, ddp.rank))
-        gen_state = tensors.get(f"gen.rank{ddp.rank}")
-        progress_state.update({k: state[k] for k in progress_state if k in state})
-        if tc.time_limit_s is not None and progress_state["train_s"] >= tc.time_limit_s:
-            raise SmallViTError(
-                f"{run_dir} has trained {progress_state['train_s']:.1f} s, its time limit train.time_limit_s="
-                f"{tc.time_limit_s:g}: to train on, raise or remove train.time_limit_s in the run's config.yaml "
-                "(a multi-stage run: its recipe.yaml)"
-            )
+    if tc.max_steps is not None and tc.max_steps > tc.epochs * len(loader):
+        raise ConfigError(
+            f"train.max_steps={tc.max_steps} is more than train.epochs={tc.epochs} epochs of {len(loader)} steps: "
+            "raise train.epochs, which bounds the run"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main:
+        _write_run_files(exp, run_dir, resume, console)
+    probe_head = bool(config.model.head_init == "linear_probe" and config.model.init_from and not resume)
+    if probe_head:
+        accuracy = init_head_from_probe(exp)
         if ddp.is_main:
-            _truncate_metrics(run_dir, progress_state["step"])
-            where = f"epoch {progress_state['epoch'] + 1}, batch {progress_state['batch']}"
-            console.print(f"resuming {run_dir} at {where} (step {progress_state['step']})")
-    step, best, throughput, skipped, spent_s = (
-        progress_state[k] for k in ("step", "best", "throughput", "skipped", "train_s")
+            console.print(f"classifier initialised as a linear probe of the loaded features (train acc {accuracy:.4f})")
+    optimizer = build_optimizer(exp.model, config)
+    ema = Ema(exp.model, tc.ema_decay) if tc.ema_decay else None
+    if tc.compile:
+        exp.model.backbone.compile()
+    train_model = exp.model
+    if ddp.world_size > 1:  # distributed
+        train_model = torch.nn.parallel.DistributedDataParallel(exp.model)
+    precision = resolve_precision(tc.precision, exp.device)
+    gen = torch.Generator(device=exp.device)
+    return Run(
+        config,
+        run_dir,
+        exp,
+        ddp,
+        console,
+        quiet,
+        commit,
+        precision,
+        optimizer,
+        ema,
+        train_model,
+        loader,
+        gen,
+        probe_head,
     )
-    log = MetricsLog(run_dir, enabled=ddp.is_main)
-    warmup = config.optim.warmup(tc.epochs)
-    started = time.perf_counter()
-    eval_metrics: dict[str, float] = {}
-    out_of_time = False
 
-    def training_s() -> float:
-        """Seconds of training so far, earlier runs of a resumed run included."""
-        return spent_s + time.perf_counter() - started
 
-    def checkpoint_state(
-        epoch: int, batch: int, streams: dict[str, Tensor]
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
-        """(weights only, everything a resume needs, JSON state) at ``batch`` of ``epoch`` (0: its start);
-        ``streams``: every rank's random streams (:func:`rank_streams`)."""
-        weights_only = prefixed("model.", model.state_dict())
-        if ema is not None:
-            weights_only.update(prefixed("ema.", ema.module.state_dict()))
-        optim_tensors, optim_meta = optimizer_to_flat(optimizer)
-        state = {
-            "epoch": epoch,
-            "batch": batch,
-            "step": step,
-            "best": best,
-            "best_metric": tc.best_metric,
-            "throughput": throughput,
-            "skipped": skipped,
-            "train_s": training_s(),
-            "metrics": eval_metrics,
-            "optimizer": optim_meta,
-        }
-        return weights_only, {**weights_only, **optim_tensors, **streams}, state
+def _write_run_files(exp: Experiment, run_dir: Path, resume: bool, console: Console) -> None:
+    """The run folder's ``config.yaml``, ``data.json``, subset indices and skipped files; a new run's metrics reset."""
+    if not resume:  # a run restarted from scratch (killed before its first checkpoint) keeps no stale records
+        _truncate_metrics(run_dir, 0)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(exp.config.to_dict(), sort_keys=False))
+    if exp.subset_indices is not None:
+        write_json(run_dir / "subset_indices.json", {"train": exp.subset_indices.tolist()})
+    write_json(run_dir / "data.json", {"classes": exp.classes, "splits": exp.splits})
+    unreadable = sorted({name for split in exp.splits.values() for name in split["skipped_files"]})
+    if unreadable:
+        (run_dir / "skipped_files.txt").write_text("\n".join(unreadable) + "\n")
+        console.print(f"skipped {len(unreadable)} undecodable image(s), listed in {run_dir / 'skipped_files.txt'}")
+    if exp.init_report is not None:
+        console.print(f"initialised from {exp.config.model.init_from}: {exp.init_report.summary()}")
 
-    if probe_head and ddp.is_main and exp.val is not None and tc.best_metric:
-        # LP-FT: the probe's own model is the first candidate for the best checkpoint, so the checkpoint chosen on
-        # validation is never worse there than the linear probe that fine-tuning started from
-        eval_metrics = evaluate(exp, model)
-        log.write({"kind": "eval", "step": 0, "epoch": 0, **eval_metrics})
-        console.print(f"epoch 0 (the linear probe): {headline(eval_metrics, 'val/')}")
-        best = eval_metrics.get(tc.best_metric)
-        if best is not None:
-            weights_only, _, state = checkpoint_state(0, 0, {})
-            _save(checkpoints / "best.safetensors", model, weights_only, state)
 
-    # ---- loop
-    with StopRequest() as stop, make_progress(console, quiet or not ddp.is_main) as progress:
-        task = progress.add_task("", total=steps_per_epoch, stats="")
-        for epoch in range(progress_state["epoch"], tc.epochs):
-            loader.set_epoch(epoch)
-            gen.manual_seed(tc.seed * 1_000_003 + ddp.rank * 10_007 + epoch)
-            first_batch = progress_state["batch"] if epoch == progress_state["epoch"] else 0
-            if first_batch and gen_state is not None:  # resuming mid-epoch (after a signal): same augmentations
-                gen.set_state(gen_state)
-            description = f"epoch {epoch + 1}/{tc.epochs}"
-            progress.reset(task, total=steps_per_epoch, completed=first_batch, description=description)
-            window = LogWindow()
-            for i, (images, labels, indices) in enumerate(loader):
-                if i < first_batch:
-                    continue
-                epoch_float = epoch + i / steps_per_epoch
-                # the learning rate is that at the end of this step, so warm-up's first step is not wasted at lr 0
-                lr = warmup_cosine(
-                    epoch_float + 1 / steps_per_epoch, tc.epochs, warmup, config.optim.lr, config.optim.min_lr
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                weights = objective_weights(config, epoch_float)
-                metrics, finite = optimizer_step(
-                    exp, train_model, optimizer, (images, labels, indices), gen, epoch, weights, precision
-                )
-                step += 1
-                if not finite:
-                    skipped += 1
-                    if skipped > tc.skip_nonfinite:
-                        named = dict(zip(model.keys, weights))
-                        raise NonFiniteLoss(_nonfinite_message(metrics, step, checkpoints / "last.safetensors", named))
-                    if ddp.is_main:
-                        progress.console.print(f"step {step}: non-finite loss, skipped ({skipped}/{tc.skip_nonfinite})")
-                else:
-                    if ema is not None:
-                        ema.update(model, step=step)
-                    window.add(metrics, len(images) * ddp.world_size)
-                # the time limit stops the run here but leaves the learning-rate schedule alone: the cosine was
-                # planned for train.epochs (by smallvit fit from the measured speed), so a stopped run ends above min_lr
-                if tc.time_limit_s is not None and (epoch + 1 < tc.epochs or i < steps_per_epoch - 1):
-                    out_of_time = _any_rank(ddp, training_s() >= tc.time_limit_s, device)
-                if window.steps and (step % tc.log_every == 0 or i == steps_per_epoch - 1 or out_of_time):
-                    record, rate = window.record()
-                    throughput.append(rate)
-                    record.update(kind="train", step=step, epoch=round(epoch_float + 1 / steps_per_epoch, 4), lr=lr)
-                    record["train/images_per_s"] = rate
-                    if tc.skip_nonfinite:
-                        record["train/skipped_nonfinite"] = skipped
-                    log.write(record)
-                    stats = headline(record)
-                    progress.update(task, stats=f"{stats}  {rate:.0f} img/s")
-                    if quiet and i == steps_per_epoch - 1 and ddp.is_main:
-                        console.print(f"epoch {epoch + 1}/{tc.epochs}: {stats}  {rate:.0f} img/s  lr {lr:.2e}")
-                progress.advance(task)
-                if _any_rank(ddp, stop.signal is not None, device) and i < steps_per_epoch - 1:
-                    streams = rank_streams(ddp, gen)
-                    if ddp.is_main:
-                        _, tensors, state = checkpoint_state(epoch, i + 1, streams)
-                        _save(checkpoints / "last.safetensors", model, tensors, state)
-                    raise Interrupted(
-                        f"stopped by {_signal_name(stop)} at step {step} (epoch {epoch + 1}), checkpoint written"
-                    )
-                if out_of_time:
-                    break
+def restore(run: Run) -> None:
+    """Continue from the last usable checkpoint: weights, EMA, optimizer, every rank's random streams, the position
+    and counters; the metrics written after it are dropped. A run that has spent its time limit is refused."""
+    path, state = usable_checkpoint(run.checkpoints, run.console if run.ddp.is_main else None)
+    run.model.load_state_dict(load_checkpoint(path, prefix="model.")[0])
+    tensors = load_checkpoint(path)[0]
+    if run.ema is not None:
+        run.ema.load(tensors)
+    optimizer_from_flat(run.optimizer, tensors, state["optimizer"])
+    restore_rng(_own_streams(tensors, run.ddp.rank))
+    run.gen_state = tensors.get(f"gen.rank{run.ddp.rank}")
+    for key, name in RESUMED.items():
+        if key in state:
+            setattr(run, name, state[key])
+    run.resumed = True
+    tc = run.tc
+    if tc.time_limit_s is not None and run.train_s >= tc.time_limit_s:
+        raise SmallViTError(
+            f"{run.run_dir} has trained {run.train_s:.1f} s, its time limit train.time_limit_s="
+            f"{tc.time_limit_s:g}: to train on, raise or remove train.time_limit_s in the run's config.yaml "
+            "(a multi-stage run: its recipe.yaml)"
+        )
+    run.fraction = max(run.fraction, run_fraction(run.step, run.total_steps, run.train_s, tc.time_budget_s))
+    if run.ddp.is_main:
+        _truncate_metrics(run.run_dir, run.step)
+        where = f"epoch {run.start_epoch + 1}, batch {run.start_batch}"
+        run.console.print(f"resuming {run.run_dir} at {where} (step {run.step})")
 
-            # ---- evaluation (validation only; the test split is evaluated once, after the last epoch)
-            last_epoch = epoch + 1 == tc.epochs or out_of_time
-            mid_epoch = out_of_time and i < steps_per_epoch - 1  # stopped by the time limit before the epoch's end
-            epochs_done = round(epoch + (i + 1) / steps_per_epoch, 4) if mid_epoch else epoch + 1
-            do_eval = exp.val is not None and (last_epoch or (tc.eval_every and (epoch + 1) % tc.eval_every == 0))
-            do_knn = exp.val is not None and tc.knn_every and ((epoch + 1) % tc.knn_every == 0 or last_epoch)
-            if ddp.is_main and (do_eval or do_knn):
-                eval_metrics = evaluate(exp, model)
-                if ema is not None:
-                    eval_metrics.update(evaluate(exp, ema.module, prefix="val/ema"))
-                if do_knn:
-                    eval_metrics.update(online_knn(exp, model.backbone))
-                log.write({"kind": "eval", "step": step, "epoch": epochs_done, **eval_metrics})
-                progress.console.print(f"epoch {epochs_done:g}: {headline(eval_metrics, 'val/')}")
 
-            # ---- checkpoint (stopped mid-epoch: at that batch, as after a signal)
-            streams = rank_streams(ddp, gen if mid_epoch else None)
-            if ddp.is_main:
-                value = eval_metrics.get(tc.best_metric) if tc.best_metric else None
-                improved = value is not None and do_eval and _better(value, best, tc.best_direction)
-                if improved:
-                    best = value
-                position = (epoch, i + 1) if mid_epoch else (epoch + 1, 0)
-                weights_only, tensors, state = checkpoint_state(*position, streams)
-                _save(checkpoints / "last.safetensors", model, tensors, state)
-                if improved:
-                    _save(checkpoints / "best.safetensors", model, weights_only, state)
-            if _any_rank(ddp, stop.signal is not None, device) and not last_epoch:
-                raise Interrupted(f"stopped by {_signal_name(stop)} after epoch {epoch + 1}, checkpoint written")
-            if out_of_time:
-                break
+def start_from_probe(run: Run) -> None:
+    """LP-FT: the linear probe's own model is the first candidate for the best checkpoint, so the checkpoint chosen on
+    validation is never worse there than the probe that fine-tuning started from."""
+    tc = run.tc
+    if not (run.probe_head and run.ddp.is_main and run.exp.val is not None and tc.best_metric):
+        return
+    run.eval_metrics = evaluate(run.exp, run.model)
+    run.log.write({"kind": "eval", "step": 0, "epoch": 0, **run.eval_metrics})
+    run.console.print(f"epoch 0 (the linear probe): {headline(run.eval_metrics, 'val/')}")
+    run.best = run.eval_metrics.get(tc.best_metric)
+    if run.best is not None:
+        weights_only, _, state = _checkpoint_state(run, 0, 0, {})
+        _save(run.checkpoints / "best.safetensors", run.model, weights_only, state)
 
-    # ---- summary: the last weights on validation and test; the best (validation-chosen) checkpoint on test
-    log.close()
-    if not ddp.is_main:
-        return {}
-    trained_s, epochs_run = training_s(), step / steps_per_epoch
-    if out_of_time:
-        console.print(
+
+def run_epoch(run: Run, epoch: int, stop: StopRequest, bar: Progress, task: TaskID) -> int:
+    """Train ``epoch`` from its first batch (a resumed run: from where it stopped) to its last, or to the step that
+    ends the run (:func:`_end_of_run`), logging every ``train.log_every`` steps and at the end. Returns the last batch
+    trained. A signal received during a step stops the run after it, with a checkpoint at the next batch."""
+    tc, per_epoch = run.tc, run.steps_per_epoch
+    run.loader.set_epoch(epoch)
+    run.gen.manual_seed(tc.seed * 1_000_003 + run.ddp.rank * 10_007 + epoch)
+    first_batch = run.start_batch if epoch == run.start_epoch else 0
+    if first_batch and run.gen_state is not None:  # resuming mid-epoch (after a signal): same augmentations
+        run.gen.set_state(run.gen_state)
+    bar.reset(task, total=per_epoch, completed=first_batch, description=f"epoch {epoch + 1}/{tc.epochs}")
+    window = LogWindow()
+    for i, data in enumerate(run.loader):
+        if i < first_batch:
+            continue
+        lr, weights = _schedule(run, epoch, i)
+        _train_step(run, data, epoch, weights, window, bar)
+        run.end = _end_of_run(run, epoch, i)
+        if window.steps and (run.step % tc.log_every == 0 or i == per_epoch - 1 or run.end):
+            _log_train(run, window, (epoch, i), lr, bar, task)
+        bar.advance(task)
+        if i < per_epoch - 1:
+            _stop_on_signal(run, stop, f"at step {run.step} (epoch {epoch + 1})", (epoch, i + 1))
+        if run.end:
+            break
+    return i
+
+
+def _schedule(run: Run, epoch: int, batch: int) -> tuple[float, list[float]]:
+    """Set the learning rate of the step at ``batch`` of ``epoch`` — that at its end, so that warm-up's first step is
+    not wasted at lr 0 — in every parameter group (times its ``lr_scale``); returns it and the objective weights at the
+    step's start. Both at ``epoch + batch / steps per epoch`` of ``train.epochs``, or with ``max_steps`` or a time
+    budget at the :func:`run_fraction` done of ``train.epochs``; ``run.fraction`` becomes that at the step's end."""
+    tc, optim, per_epoch = run.tc, run.config.optim, run.steps_per_epoch
+    elapsed, expected_end = run.clock.start_step()
+    if run.by_fraction:
+        if tc.time_budget_s is not None:  # the ranks' clocks differ: all follow the slowest
+            elapsed, expected_end = _rank_max(run.ddp, [elapsed, expected_end], run.exp.device)
+        start = run_fraction(run.step, run.total_steps, elapsed, tc.time_budget_s) * tc.epochs
+        run.fraction = run_fraction(run.step + 1, run.total_steps, expected_end, tc.time_budget_s)
+        end = run.fraction * tc.epochs
+    else:
+        start = epoch + batch / per_epoch
+        end = start + 1 / per_epoch
+        run.fraction = (run.step + 1) / run.total_steps
+    lr = warmup_cosine(end, tc.epochs, optim.warmup(tc.epochs), optim.lr, optim.min_lr)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr, objective_weights(run.config, start)
+
+
+def _train_step(run: Run, data: tuple, epoch: int, weights: list[float], window: LogWindow, bar: Progress) -> None:
+    """One optimizer step and what follows it: the step count, a non-finite loss skipped (or stopping the run), the
+    EMA update, the log window."""
+    tc = run.tc
+    args = (run.exp, run.train_model, run.optimizer, data, run.gen, epoch, weights, run.precision)
+    metrics, finite = optimizer_step(*args)
+    run.clock.end_step()
+    run.step += 1
+    if not finite:
+        run.skipped += 1
+        if run.skipped > tc.skip_nonfinite:
+            named = dict(zip(run.model.keys, weights))
+            raise NonFiniteLoss(_nonfinite_message(metrics, run.step, run.checkpoints / "last.safetensors", named))
+        if run.ddp.is_main:
+            bar.console.print(f"step {run.step}: non-finite loss, skipped ({run.skipped}/{tc.skip_nonfinite})")
+    else:
+        if run.ema is not None:
+            run.ema.update(run.model, step=run.step)
+        window.add(metrics, len(data[0]) * run.ddp.world_size)
+
+
+def _end_of_run(run: Run, epoch: int, batch: int) -> str | None:
+    """Why the run ends after the step at ``batch`` of ``epoch``, before its last epoch's end: ``schedule`` (its
+    ``max_steps`` done, or its time budget spent) or ``time_limit``; None to train on. Every rank must call it."""
+    tc = run.tc
+    if epoch + 1 == tc.epochs and batch == run.steps_per_epoch - 1:
+        return None
+    done, limit = run.by_fraction and run.fraction >= 1, False
+    if tc.time_limit_s is not None or tc.time_budget_s is not None:  # distributed: all ranks stop at the same step
+        done, limit = _rank_max(run.ddp, [done or run.clock.budget_spent(), run.clock.limit_reached()], run.exp.device)
+    return "schedule" if done else "time_limit" if limit else None
+
+
+def _log_train(run: Run, window: LogWindow, at: tuple[int, int], lr: float, bar: Progress, task: TaskID) -> None:
+    """One ``train`` record of the steps since the last, ``at`` (epoch, batch): mean metrics, images/s, lr."""
+    tc, per_epoch = run.tc, run.steps_per_epoch
+    epoch, batch = at
+    record, rate = window.record()
+    run.throughput.append(rate)
+    record.update(kind="train", step=run.step, epoch=round(epoch + batch / per_epoch + 1 / per_epoch, 4), lr=lr)
+    if run.by_fraction:
+        record["run_fraction"] = run.fraction
+    record["train/images_per_s"] = rate
+    if tc.skip_nonfinite:
+        record["train/skipped_nonfinite"] = run.skipped
+    run.log.write(record)
+    stats = headline(record)
+    bar.update(task, stats=f"{stats}  {rate:.0f} img/s")
+    if run.quiet and batch == per_epoch - 1 and run.ddp.is_main:
+        run.console.print(f"epoch {epoch + 1}/{tc.epochs}: {stats}  {rate:.0f} img/s  lr {lr:.2e}")
+
+
+def _stop_on_signal(run: Run, stop: StopRequest, where: str, position: tuple[int, int] | None = None) -> None:
+    """When any rank has received SIGINT or SIGTERM, stop the run ``where`` (:class:`Interrupted`) after writing the
+    last checkpoint at ``position`` (epoch, next batch) when given (mid-epoch). Every rank must call it."""
+    if not _any_rank(run.ddp, stop.signal is not None, run.exp.device):
+        return
+    if position is not None:
+        streams = rank_streams(run.ddp, run.gen)
+        if run.ddp.is_main:
+            _, tensors, state = _checkpoint_state(run, *position, streams)
+            _save(run.checkpoints / "last.safetensors", run.model, tensors, state)
+    raise Interrupted(f"stopped by {stop.source} {where}, checkpoint written")
+
+
+def evaluations_due(tc: TrainConfig, epochs_done: int, last: bool) -> tuple[bool, bool]:
+    """Whether validation and online kNN run after ``epochs_done`` epochs: every ``eval_every`` (0: only after the
+    last) and every ``knn_every`` (0: never) epochs, and both after the ``last``."""
+    do_eval = last or bool(tc.eval_every and epochs_done % tc.eval_every == 0)
+    do_knn = bool(tc.knn_every) and (epochs_done % tc.knn_every == 0 or last)
+    return do_eval, do_knn
+
+
+def evaluate_and_checkpoint(run: Run, epoch: int, batch: int, stop: StopRequest, bar: Progress) -> None:
+    """After ``epoch`` (or the step at ``batch`` that ended the run): validation, the EMA's and online kNN when due;
+    the last checkpoint (stopped mid-epoch: at the next batch, as after a signal), and the best when validation
+    improved on it. A signal received during the epoch then stops the run."""
+    tc, per_epoch = run.tc, run.steps_per_epoch
+    last_epoch = epoch + 1 == tc.epochs or run.end is not None
+    mid_epoch = run.end is not None and batch < per_epoch - 1
+    epochs_done = round(epoch + (batch + 1) / per_epoch, 4) if mid_epoch else epoch + 1
+    do_eval, do_knn = evaluations_due(tc, epoch + 1, last_epoch) if run.exp.val is not None else (False, False)
+    if run.ddp.is_main and (do_eval or do_knn):
+        run.eval_metrics = evaluate(run.exp, run.model)
+        if run.ema is not None:
+            run.eval_metrics.update(evaluate(run.exp, run.ema.module, prefix="val/ema"))
+        if do_knn:
+            run.eval_metrics.update(online_knn(run.exp, run.model.backbone))
+        run.log.write({"kind": "eval", "step": run.step, "epoch": epochs_done, **run.eval_metrics})
+        bar.console.print(f"epoch {epochs_done:g}: {headline(run.eval_metrics, 'val/')}")
+    streams = rank_streams(run.ddp, run.gen if mid_epoch else None)
+    if run.ddp.is_main:
+        value = run.eval_metrics.get(tc.best_metric) if tc.best_metric else None
+        improved = value is not None and do_eval and _better(value, run.best, tc.best_direction)
+        if improved:
+            run.best = value
+        position = (epoch, batch + 1) if mid_epoch else (epoch + 1, 0)
+        weights_only, tensors, state = _checkpoint_state(run, *position, streams)
+        _save(run.checkpoints / "last.safetensors", run.model, tensors, state)
+        if improved:
+            _save(run.checkpoints / "best.safetensors", run.model, weights_only, state)
+    if not last_epoch:
+        _stop_on_signal(run, stop, f"after epoch {epoch + 1}")
+
+
+def _checkpoint_state(
+    run: Run, epoch: int, batch: int, streams: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+    """(weights only, everything a resume needs, JSON state) at ``batch`` of ``epoch`` (0: its start);
+    ``streams``: every rank's random streams (:func:`rank_streams`)."""
+    weights_only = prefixed("model.", run.model.state_dict())
+    if run.ema is not None:
+        weights_only.update(run.ema.tensors())
+    optim_tensors, optim_meta = optimizer_to_flat(run.optimizer)
+    state = {
+        "epoch": epoch,
+        "batch": batch,
+        "step": run.step,
+        "best": run.best,
+        "best_metric": run.tc.best_metric,
+        "throughput": run.throughput,
+        "skipped": run.skipped,
+        "train_s": run.clock.elapsed_s(),
+        "step_s": run.clock.last_step_s,
+        "fraction": run.fraction,
+        "metrics": run.eval_metrics,
+        "optimizer": optim_meta,
+    }
+    return weights_only, {**weights_only, **optim_tensors, **streams}, state
+
+
+def finish(run: Run) -> dict:
+    """The summary (rank 0): the last weights on validation and test, the best (validation-chosen) checkpoint on
+    test, time, speed and provenance; then the curves and the pictures of what the model learned."""
+    tc, exp, model = run.tc, run.exp, run.model
+    trained_s, epochs_run = run.clock.elapsed_s(), run.step / run.steps_per_epoch
+    if run.end == "time_limit":
+        run.console.print(
             f"stopped on the time limit of {tc.time_limit_s:g} s of training after {epochs_run:.2f} of {tc.epochs} "
-            f"planned epochs ({step} steps); the learning-rate schedule was planned for {tc.epochs} epochs"
+            f"planned epochs ({run.step} steps); the learning-rate schedule was planned for {tc.epochs} epochs"
         )
-    if exp.val is not None and not eval_metrics:  # resumed after the last checkpoint, before this summary
-        eval_metrics = evaluate(exp, model)
-    final = dict(eval_metrics)
-    best_test, best_state = {}, {}
-    if (checkpoints / "best.safetensors").exists():
-        best_tensors, best_state = load_checkpoint(checkpoints / "best.safetensors", prefix="model.")
-    if exp.test is not None:
-        final.update(evaluate(exp, model, "test"))
-        if ema is not None:
-            final.update(evaluate(exp, ema.module, "test", prefix="test/ema"))
-        if best_state:
-            last_weights = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(best_tensors)
-            best_test = evaluate(exp, model, "test")
-            model.load_state_dict(last_weights)
-        log.write(
-            {"kind": "test", "step": step, "epoch": round(epochs_run, 4), **final, **prefixed("best/", best_test)}
+    if tc.time_budget_s is not None:
+        run.console.print(
+            f"trained {run.step} steps ({epochs_run:.2f} epochs) in {trained_s:.1f} s of its time budget of "
+            f"{tc.time_budget_s:g} s, the schedule following the clock; train.max_steps={run.step} repeats it by steps"
         )
+    if exp.val is not None and not run.eval_metrics:  # resumed after the last checkpoint, before this summary
+        run.eval_metrics = evaluate(exp, model)
+    final = dict(run.eval_metrics)
+    best_test, best_state = _test(run, final, round(epochs_run, 4))
     summary = {
-        "name": config.name,
-        "run_dir": str(run_dir),
+        "name": run.config.name,
+        "run_dir": str(run.run_dir),
         "epochs": tc.epochs,
         "epochs_run": round(epochs_run, 4),
-        "steps": step,
+        "steps": run.step,
         "training_s": round(trained_s, 1),
         "final": final,
-        "best": {"metric": tc.best_metric, "value": best, "epoch": best_state.get("epoch"), "test": best_test},
+        "best": {"metric": tc.best_metric, "value": run.best, "epoch": best_state.get("epoch"), "test": best_test},
         "wall_clock_s": round(trained_s, 1),  # every start of a resumed run, each up to its last checkpoint
-        "images_per_s": round(_steady_throughput(throughput), 1) if throughput else None,
+        "images_per_s": round(_steady_throughput(run.throughput), 1) if run.throughput else None,
         "parameters": sum(p.numel() for p in model.backbone.parameters()),
-        "device": device_name(device),
-        "precision": precision,
-        "provenance": provenance(exp, commit),
-        "versions": {
-            "smallvit": smallvit.__version__,
-            "torch": torch.__version__,
-            "timm": __import__("timm").__version__,
-        },
+        "device": device_name(run.exp.device),
+        "precision": run.precision,
+        "provenance": provenance(exp, run.commit),
+        "versions": versions(),
     }
     if tc.time_limit_s is not None:
-        summary["time_limit"] = {"limit_s": tc.time_limit_s, "stopped": out_of_time}
-    if resume:
+        summary["time_limit"] = {"limit_s": tc.time_limit_s, "stopped": run.end == "time_limit"}
+    if tc.time_budget_s is not None:
+        summary["time_budget"] = {
+            "budget_s": tc.time_budget_s,
+            "schedule": "clock",
+            "spent": run.end == "schedule",
+            "max_steps": run.step,  # train.max_steps that repeats this run's length with a step schedule
+        }
+    if run.resumed:
         summary["resumed"] = True
-    write_json(run_dir / "summary.json", summary)
-    plot_curves(run_dir)
-    draw_run_pictures(exp, model, run_dir)  # confusion matrix, worst images, position, attention
+    write_json(run.run_dir / "summary.json", summary)
+    plot_curves(run.run_dir)
+    draw_run_pictures(exp, model, run.run_dir)  # confusion matrix, worst images, position, attention
     return summary
 
 
+def _test(run: Run, final: dict[str, float], epochs_run: float) -> tuple[dict[str, float], dict]:
+    """The test split, evaluated once: the last weights (and their EMA) into ``final``, and the best checkpoint's
+    weights, whose metrics and JSON state it returns; all in one ``test`` record."""
+    exp, model = run.exp, run.model
+    best_test, best_state = {}, {}
+    if (run.checkpoints / "best.safetensors").exists():
+        best_tensors, best_state = load_checkpoint(run.checkpoints / "best.safetensors", prefix="model.")
+    if exp.test is None:
+        return best_test, best_state
+    final.update(evaluate(exp, model, "test"))
+    if run.ema is not None:
+        final.update(evaluate(exp, run.ema.module, "test", prefix="test/ema"))
+    if best_state:
+        last_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best_tensors)
+        best_test = evaluate(exp, model, "test")
+        model.load_state_dict(last_weights)
+    run.log.write({"kind": "test", "step": run.step, "epoch": epochs_run, **final, **prefixed("best/", best_test)})
+    return best_test, best_state
+
+
 def epochs_text(summary: dict) -> str:
-    """The epochs a run trained, from its summary: ``10 epochs``, or ``3.4 of 10 planned epochs (stopped on its time
-    limit of 60 s)``."""
-    limit = summary.get("time_limit") or {}
-    if not limit.get("stopped"):
-        return f"{summary.get('epochs')} epochs"
-    return (
-        f"{summary['epochs_run']:.3g} of {summary['epochs']} planned epochs (stopped on its time limit of "
-        f"{limit['limit_s']:g} s)"
-    )
-
-
-def git_commit(console: Console | None = None) -> str | None:
-    """The commit of the smallvit checkout this code runs from (``+dirty`` with uncommitted changes), else None;
-    when the code is in a checkout but git cannot tell, ``console`` gets a one-line warning saying why."""
-    source = Path(smallvit.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-            cwd=source,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as err:
-        if console is not None and any((folder / ".git").exists() for folder in source.parents):
-            reason = (getattr(err, "stderr", None) or str(err)).strip().splitlines()[-1]
-            console.print(f"warning: git could not tell this checkout's commit ({reason}): the summary will have none")
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def provenance(exp: Experiment, commit: str | None) -> dict:
-    """What reproduces a run's numbers: the code's ``commit`` when the run (or its last resume) started, dataset,
-    the content of each split, seed and recipe."""
-    config = exp.config
-    return {
-        "git_commit": commit,
-        "recipe": config.name,
-        "dataset": config.data.dataset,
-        "seed": config.train.seed,
-        "splits": exp.splits,
-    }
+    """The epochs a run trained, from its summary: ``10 epochs``, ``3.4 of 10 planned epochs (stopped on its time
+    limit of 60 s)``, or ``3.4 epochs (120 steps) in its time budget of 60 s``."""
+    limit, budget = summary.get("time_limit") or {}, summary.get("time_budget")
+    if limit.get("stopped"):
+        return (
+            f"{summary['epochs_run']:.3g} of {summary['epochs']} planned epochs (stopped on its time limit of "
+            f"{limit['limit_s']:g} s)"
+        )
+    if budget:
+        steps, seconds = summary["steps"], budget["budget_s"]
+        return f"{summary['epochs_run']:.3g} epochs ({steps} steps) in its time budget of {seconds:g} s"
+    return f"{summary.get('epochs')} epochs"
