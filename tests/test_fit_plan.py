@@ -26,8 +26,8 @@ SPEED = Speed(
 def test_fits_own_time_is_budgeted_part_by_part():
     parts = fit_parts(SPEED, measuring_s=5)
     assert sum(parts.values()) == 17.5 and parts["measuring"] == 5 and parts["pictures"] == 4
-    extra = fit_parts(SPEED, measuring_s=5, extra_test_pass=True)
-    assert sum(extra.values()) == 17.5 + 1.5 + 1.0  # a set-up and a test pass for the balanced test accuracy
+    extra = fit_parts(SPEED, measuring_s=5, test_passes=2)
+    assert sum(extra.values()) == 17.5 + 2 * (1.5 + 1.0)  # each test pass after the export: a set-up and the pass
 
 
 def test_the_training_loop_gets_the_rest_of_the_budget_and_the_clock_schedules_it():
@@ -50,10 +50,10 @@ def test_a_budget_too_short_is_refused_in_one_line_naming_a_budget_that_is_enoug
     message = too_little(plan, 60, SPEED)
     assert message == (
         "--budget 60s trains about 3.8 epochs, 38 optimizer steps at the measured speed (12.5 s an epoch after 12 s "
-        "of fit's own): too little to learn from (at least 10 epochs and 200 steps); give --budget 5m or more, or "
+        "of fit's own): too little to learn from (at least 10 epochs and 200 steps); give --budget 6m or more, or "
         "--force to train anyway"
-    )  # 200 steps = 20 epochs of 10 steps: 12.5 + 20 x 12.5 = 262.5 s -> 5m
-    enough = parse_duration("5m")
+    )  # 200 steps = 20 epochs of 10 steps: 12.5 + 1.25 x 20 x 12.5 = 325 s -> 6m
+    enough = parse_duration("6m")
     assert too_little(plan_epochs(enough, SPEED), enough, SPEED) is None
     assert too_little(plan_epochs(10, SPEED), 10, SPEED).startswith("--budget 10s trains about 0.0 epochs")
     slow = Speed(step_s=3.0, steps_per_epoch=4, eval_s=5.0, test_s=0, checkpoint_s=1, setup_s=2, pictures_s=9)

@@ -4,9 +4,11 @@ the evidence in ``report.md``, and balanced accuracy beside top-1 on an unbalanc
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from smallvit.engine.pictures import class_summary
 from smallvit.fit import (
     FitResult,
     FolderSummary,
@@ -52,7 +54,7 @@ def test_many_classes_are_one_line_of_images_per_class(tmp_path):
     assert len(_rendered(overview).strip().splitlines()) == 1
 
 
-def _result(run_dir: Path, test: list[int], confusion: list[list[int]] | None) -> FitResult:
+def _result(run_dir: Path, test: list[int], per_class: dict | None) -> FitResult:
     summary = _summary(run_dir / "images", 2, test=test)
     recipe = choose_recipe(summary.train_count(), 2, summary.median_side)
     run_summary = {
@@ -63,7 +65,7 @@ def _result(run_dir: Path, test: list[int], confusion: list[list[int]] | None) -
         "epochs": 10,
         "training_s": 5.0,
     }
-    test_classes = None if confusion is None else {"confusion": confusion}
+    test_classes = None if per_class is None else {"per_class": per_class, "images": test}
     return FitResult(
         run_dir,
         summary,
@@ -100,20 +102,17 @@ def test_each_choice_is_one_console_line_with_its_rule_and_the_evidence_goes_to_
     assert "balanced" not in report  # a balanced test split: top-1 alone
 
 
-@pytest.mark.parametrize(
-    ("confusion", "expected"),
-    [
-        ([[8, 2], [1, 1]], 0.65),  # recalls 0.8 and 0.5
-        ([[3, 0, 0], [0, 0, 0], [1, 1, 2]], 0.75),  # a class without images is left out: (1 + 0.5) / 2
-        ([[0, 0], [0, 0]], None),
-    ],
-)
-def test_balanced_accuracy_is_the_mean_per_class_recall(confusion, expected):
-    assert balanced_accuracy(confusion) == (None if expected is None else pytest.approx(expected))
+def test_balanced_accuracy_is_the_mean_per_class_recall():
+    labels = torch.tensor([0] * 10 + [1] * 2)  # class c has no image
+    predictions = torch.tensor([0] * 8 + [1] * 2 + [0, 1])  # recalls 8/10 and 1/2
+    summary = class_summary(torch.eye(3)[predictions], labels, ["a", "b", "c"])  # what the model card reads
+    assert summary["per_class"] == {"a": 0.8, "b": 0.5, "c": None} and summary["accuracy"] == 0.75
+    assert balanced_accuracy(summary["per_class"]) == pytest.approx(0.65)
+    assert balanced_accuracy({"a": None}) is None
 
 
 def test_an_unbalanced_test_split_reports_balanced_accuracy_beside_top1(tmp_path):
-    result = _result(tmp_path, [10, 2], [[8, 2], [1, 1]])
+    result = _result(tmp_path, [10, 2], {"class000": 0.8, "class001": 0.5})
     report = write_report(result).read_text()
     assert "test top-1 of the exported checkpoint **75.00 %**" in report
     assert "balanced accuracy (mean per-class recall) **65.00 %**: the test split is unbalanced" in report

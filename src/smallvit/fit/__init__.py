@@ -14,16 +14,15 @@
    a plan of fewer than 10 epochs or 200 steps is refused in one line naming a budget that would be enough
    (``--force`` trains anyway);
 5. training through the engine (:func:`smallvit.engine.runner.run_recipe`), which also draws the run's pictures;
-6. a timm export in ``<run>/export/`` and ``<run>/report.md`` (:mod:`~smallvit.fit.report`): the data, every choice,
-   its rule and evidence, training steps and equivalent epochs, accuracy (balanced accuracy beside top-1 on an
-   unbalanced test split), per-class accuracy, the confusion matrix and the worst-classified validation images.
+6. the export in ``<run>/export/`` with its model card (:func:`smallvit.export.export_folder`), and
+   ``<run>/report.md`` (:mod:`~smallvit.fit.report`): the data, every choice, its rule and evidence, training steps
+   and equivalent epochs, accuracy (balanced accuracy beside top-1 on an unbalanced test split), per-class accuracy,
+   the confusion matrix and the worst-classified validation images.
 """
 
 from smallvit.fit.orchestration import (
     Choices,
-    best_test_classes,
     choose,
-    export_model,
     fit_folder,
     fit_overrides,
     validation_source,
@@ -99,7 +98,6 @@ __all__ = [
     "Speed",
     "balanced_accuracy",
     "batch_line",
-    "best_test_classes",
     "check_folder",
     "choose",
     "choose_batch",
@@ -107,7 +105,6 @@ __all__ = [
     "choose_recipe",
     "class_overview",
     "duration_text",
-    "export_model",
     "fit_folder",
     "fit_overrides",
     "fit_parts",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -15,6 +14,8 @@ from smallvit.config import DataConfig, RunConfig, load_recipe
 from smallvit.engine.experiment import load_splits
 from smallvit.engine.runner import new_run_dir, run_recipe
 from smallvit.errors import ConfigError
+from smallvit.export import export_folder
+from smallvit.export.card import class_accuracy
 from smallvit.fit.plan import EpochPlan, given_epochs, plan_epochs, too_little
 from smallvit.fit.report import (
     batch_line,
@@ -29,7 +30,6 @@ from smallvit.fit.result import FitResult
 from smallvit.fit.rules import BatchChoice, Geometry, RecipeChoice, choose_batch, choose_geometry, choose_recipe
 from smallvit.fit.scan import FolderSummary, check_folder, scan_folder
 from smallvit.fit.speed import Speed, measure_speed
-from smallvit.runs import export_run, load_run
 
 _SAY = {"markup": False, "highlight": False}
 
@@ -99,7 +99,9 @@ def choose(
     return Choices(recipe, geometry, batch, chosen, config, num_train)
 
 
-def _refuse(plan: EpochPlan, force: bool, console: Console, budget_s=None, speed=None) -> bool:
+def _refuse(
+    plan: EpochPlan, force: bool, console: Console, budget_s: float | None = None, speed: Speed | None = None
+) -> bool:
     """Raise the plan's one-line refusal unless ``force``; returns whether it was forced past one."""
     message = too_little(plan, budget_s, speed)
     if message is not None and not force:
@@ -126,42 +128,19 @@ def _measure_and_plan(
     started = time.perf_counter()
     speed = measure_speed(choices.config, run_dir, seconds=min(2.0, 0.03 * budget_s))
     measure_s = time.perf_counter() - started
-    extra_test_pass = "test" in summary.counts and not summary.balanced("test")
-    return plan_epochs(budget_s, speed, spent_s=measure_s, extra_test_pass=extra_test_pass), speed, measure_s
+    test_passes = ("test" in summary.counts) + ("test" in summary.counts and not summary.balanced("test"))
+    return plan_epochs(budget_s, speed, spent_s=measure_s, test_passes=test_passes), speed, measure_s
 
 
-def best_test_classes(run_dir: Path) -> dict | None:
-    """The exported (best) checkpoint on the test split: accuracy, per-class accuracy and confusion matrix."""
-    from smallvit.engine.pictures import class_summary, predict_split
-
-    experiment = load_run(run_dir, "best", "test")
-    data = experiment.eval_set("test")
-    probabilities = predict_split(experiment, experiment.model, data)
-    return None if probabilities is None else class_summary(probabilities, data.labels, experiment.classes)
-
-
-def export_model(run_dir: Path, config: RunConfig) -> Path:
-    """``<run>/export/``: the timm export of the best checkpoint, with how ``smallvit predict`` must decode images
-    for it in its ``config.json``."""
-    export_dir = run_dir / "export"
-    export_run(run_dir, export_dir)
-    path = export_dir / "config.json"
-    exported = json.loads(path.read_text())
-    exported["smallvit_preprocess"] = {
-        "image_size": config.data.image_size,
-        "decode": getattr(config.data, "decode", "full"),
-        "resize": "shorter side to image_size (bilinear, antialiased), then center crop",
-    }
-    path.write_text(json.dumps(exported, indent=2) + "\n")
-    return export_dir
-
-
-def _finish(result: FitResult, config: RunConfig) -> None:
-    """Export, the per-class test numbers of an unbalanced test split, and the report (timed as report_s)."""
+def _finish(result: FitResult) -> None:
+    """The export with its model card, the exported weights' accuracy per class on an unbalanced test split, and the
+    report (timed as report_s)."""
     started = time.perf_counter()
-    result.export_dir = export_model(result.run_dir, config)
+    result.export_dir = result.run_dir / "export"
+    export_folder(result.run_dir, result.export_dir)
     if "test" in result.summary.counts and not result.summary.balanced("test"):
-        result.test_classes = best_test_classes(result.run_dir)
+        per_class, images = class_accuracy(result.run_dir, "best", "test") or ({}, [])
+        result.test_classes = {"per_class": per_class, "images": images}
     result.report_s = time.perf_counter() - started
     result.write_json()
     write_report(result)
@@ -216,26 +195,36 @@ def fit_folder(
         plan = given_epochs(epochs, choices.steps_per_epoch)
         forced = _refuse(plan, force, console)
     run_dir, created = _run_folder(output, runs_dir, summary.folder)
-    decode_s, measure_s = _decode(choices.config, console), 0.0
-    if plan is None:
-        try:
+    try:  # nothing is left behind by a folder that fails to decode, or a plan refused after measuring
+        decode_s, measure_s = _decode(choices.config, console), 0.0
+        if plan is None:
             plan, speed, measure_s = _measure_and_plan(choices, summary, budget_s, run_dir)
             forced = _refuse(plan, force, console, budget_s, speed)
-        except ConfigError:
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     console.print(plan_line(plan), **_SAY)
-    result = FitResult(run_dir, summary, choices.geometry, choices.recipe, choices.batch, plan, budget_s, [])
-    result.overrides = [*choices.overrides, *plan.overrides]
-    result.budget_s = budget_s if epochs is None else None
-    result.validation, result.forced, result.speed = validation, forced, speed
-    result.decode_s, result.measure_s = decode_s, measure_s
+    result = FitResult(
+        run_dir,
+        summary,
+        choices.geometry,
+        choices.recipe,
+        choices.batch,
+        plan,
+        budget_s=budget_s if epochs is None else None,
+        overrides=[*choices.overrides, *plan.overrides],
+        validation=validation,
+        forced=forced,
+        decode_s=decode_s,
+        measure_s=measure_s,
+        speed=speed,
+    )
     result.write_json()
     started = time.perf_counter()
     result.run_summary = run_recipe(
         load_recipe(choices.recipe.recipe, result.overrides), run_dir, quiet=quiet, console=console
     )[-1]
     result.train_s = time.perf_counter() - started
-    _finish(result, choices.config)
+    _finish(result)
     return result

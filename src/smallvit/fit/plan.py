@@ -21,6 +21,7 @@ from smallvit.fit.speed import Speed
 
 MIN_EPOCHS, MIN_STEPS = 10, 200  # fewer than either: too little training to learn from
 EPOCHS_CAP = 2  # train.epochs caps a budgeted run at this many times the epochs measured to fit its time
+MARGIN = 1.25  # a budget named as enough allows for steps this much slower than measured
 EVALUATIONS = 20  # validation passes aimed at over a run: every epoch up to 20 epochs, then every few
 
 
@@ -64,8 +65,12 @@ class EpochPlan:
         return out
 
 
-def fit_parts(speed: Speed, measuring_s: float, extra_test_pass: bool = False) -> dict[str, float]:
-    """fit's own seconds after decoding, by part: everything in the budget outside the training loop."""
+def fit_parts(speed: Speed, measuring_s: float, test_passes: int = 0) -> dict[str, float]:
+    """fit's own seconds after decoding, by part: everything in the budget outside the training loop.
+
+    test_passes: evaluations of the exported weights on the test split after the export, each with its set-up (the
+        model card's accuracy per class; the report's balanced accuracy on an unbalanced test split).
+    """
     parts = {
         "measuring": measuring_s,
         "set-ups (training, export)": 2 * speed.setup_s,
@@ -74,8 +79,8 @@ def fit_parts(speed: Speed, measuring_s: float, extra_test_pass: bool = False) -
         "pictures": speed.pictures_s,
         "the step and checkpoint that end at the budget": speed.step_s + speed.checkpoint_s,
     }
-    if extra_test_pass:
-        parts["balanced test accuracy (a set-up, a test pass)"] = speed.setup_s + speed.test_s
+    if test_passes:
+        parts["test accuracy per class (model card, balanced accuracy)"] = test_passes * (speed.setup_s + speed.test_s)
     return parts
 
 
@@ -87,16 +92,16 @@ def _eval_every(epochs: float) -> int:
     return max(1, round(epochs / EVALUATIONS))
 
 
-def plan_epochs(budget_s: float, speed: Speed, spent_s: float = 0.0, extra_test_pass: bool = False) -> EpochPlan:
+def plan_epochs(budget_s: float, speed: Speed, spent_s: float = 0.0, test_passes: int = 0) -> EpochPlan:
     """The training that ``budget_s`` holds at ``speed``, after fit's own :func:`fit_parts` (``spent_s``: the
-    measuring already done).
+    measuring already done; ``test_passes``: see there).
 
     The training loop gets the rest of the budget as ``train.time_budget_s``; its epochs are counted at the measured
     epoch time (steps + checkpoint + a validation pass every ``eval_every`` epochs, about 20 evaluations in all).
     ``train.epochs`` caps the run at twice the epochs expected, so that the clock ends it even on a machine faster
     than measured.
     """
-    parts = fit_parts(speed, spent_s, extra_test_pass)
+    parts = fit_parts(speed, spent_s, test_passes)
     train_s = round(max(budget_s - sum(parts.values()), 0.01), 2)
     eval_every = _eval_every(train_s / _epoch_seconds(speed, 1))
     epoch_s = _epoch_seconds(speed, eval_every)
@@ -121,8 +126,8 @@ def given_epochs(epochs: int, steps_per_epoch: int) -> EpochPlan:
 
 def too_little(plan: EpochPlan, budget_s: float | None = None, speed: Speed | None = None) -> str | None:
     """One line refusing a plan of fewer than :data:`MIN_EPOCHS` epochs or :data:`MIN_STEPS` optimizer steps, naming
-    what would be enough: with ``budget_s`` and its ``speed``, the budget that holds enough at that speed; else the
-    epochs. None when the plan is enough."""
+    what would be enough: with ``budget_s`` and its ``speed``, the budget that holds enough at that speed (with
+    :data:`MARGIN` for a machine that slows down); else the epochs. None when the plan is enough."""
     if plan.expected_epochs >= MIN_EPOCHS and plan.steps >= MIN_STEPS:
         return None
     enough = max(MIN_EPOCHS, math.ceil(MIN_STEPS / max(plan.steps_per_epoch, 1)))
@@ -132,7 +137,7 @@ def too_little(plan: EpochPlan, budget_s: float | None = None, speed: Speed | No
             f"--epochs {plan.epochs} is {plan.steps} optimizer steps ({plan.steps_per_epoch} an epoch): {wanted}; "
             f"give --epochs {enough} or more, or --force to train anyway"
         )
-    needed = plan.fit_s + enough * _epoch_seconds(speed, _eval_every(enough))
+    needed = plan.fit_s + MARGIN * enough * _epoch_seconds(speed, _eval_every(enough))
     return (
         f"--budget {duration_text(budget_s)} trains about {plan.expected_epochs:.1f} epochs, {plan.steps} optimizer "
         f"steps at the measured speed ({plan.epoch_s:.1f} s an epoch after {plan.fit_s:.0f} s of fit's own): "

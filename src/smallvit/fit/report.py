@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from rich.table import Table
 
 from smallvit.fit.plan import EpochPlan
 from smallvit.fit.result import FitResult
 from smallvit.fit.rules import RESULTS_PAGE, BatchChoice, Geometry, RecipeChoice
 from smallvit.fit.scan import FolderSummary, distribution
-from smallvit.metrics.classification import per_class_accuracy
 
 MAX_TABLE_CLASSES = 20  # more classes: one line of images per class (min / median / max) instead of a table
 
@@ -82,15 +80,11 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"
 
 
-def balanced_accuracy(confusion: list[list[int]] | torch.Tensor) -> float | None:
-    """The mean of the per-class recalls (classes without images left out); None without any image."""
-    recalls = per_class_accuracy(torch.as_tensor(confusion))
-    present = recalls[~recalls.isnan()]
-    return float(present.mean()) if len(present) else None
-
-
-def _unbalanced(confusion: list[list[int]]) -> bool:
-    return len({sum(row) for row in confusion}) > 1
+def balanced_accuracy(per_class: dict[str, float | None]) -> float | None:
+    """The mean of the per-class recalls (top-1 per class, as :func:`smallvit.engine.pictures.class_summary` gives
+    them; None for a class without images, left out); None when no class has images."""
+    present = [value for value in per_class.values() if value is not None]
+    return sum(present) / len(present) if present else None
 
 
 # ---------------------------------------------------------------- report.md
@@ -114,7 +108,7 @@ def _headline(result: FitResult, keys: tuple[str, str], has_test: bool) -> str:
         headline += f"; test top-1 of the exported checkpoint **{percent(best_test)}**"
         headline += f" (final weights {percent(final.get(test_key))})"
     if result.test_classes:
-        balanced = balanced_accuracy(result.test_classes["confusion"])
+        balanced = balanced_accuracy(result.test_classes["per_class"])
         headline += f", balanced accuracy (mean per-class recall) **{percent(balanced)}**: the test split is unbalanced"
     return headline + "."
 
@@ -208,12 +202,13 @@ def _results_section(result: FitResult, keys: tuple[str, str], has_test: bool, a
     if has_test:
         lines.append(f"| test | {percent(final.get(test_key))} | {percent((best.get('test') or {}).get(test_key))} |")
     if result.test_classes:
-        balanced = percent(balanced_accuracy(result.test_classes["confusion"]))
+        balanced = percent(balanced_accuracy(result.test_classes["per_class"]))
         lines.append(f"| test, balanced (mean per-class recall) | – | {balanced} |")
     confusion = analysis.get("confusion") or []
-    if confusion and _unbalanced(confusion):
+    if analysis.get("per_class") and len({sum(row) for row in confusion}) > 1:  # an unbalanced validation split
         split = "validation" if analysis.get("split") == "val" else analysis.get("split")
-        lines.append(f"| {split}, balanced ({analysis.get('weights')}) | – | {percent(balanced_accuracy(confusion))} |")
+        balanced = percent(balanced_accuracy(analysis["per_class"]))
+        lines.append(f"| {split}, balanced (mean per-class recall, {analysis.get('weights')}) | – | {balanced} |")
     lines.append("")
     if analysis.get("per_class"):
         split = "validation" if analysis.get("split") == "val" else analysis.get("split")
