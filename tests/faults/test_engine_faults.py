@@ -30,6 +30,7 @@ import smallvit.engine.checkpoint as checkpoint_module
 import smallvit.engine.trainer as trainer
 from smallvit.config import load_recipe
 from smallvit.engine.checkpoint import load_checkpoint, save_checkpoint
+from smallvit.engine.experiment import write_json
 from smallvit.engine.logging import plot_curves, read_metrics
 from smallvit.engine.runner import new_run_dir
 from smallvit.engine.trainer import NonFiniteLoss, train
@@ -526,6 +527,33 @@ def test_a_failed_first_checkpoint_says_none_was_written(tmp_path, monkeypatch):
     with pytest.raises(SmallViTError, match=r"\(Read-only file system\): make the folder writable; no best.safe"):
         save_checkpoint(tmp_path / "best.safetensors", {"w": torch.ones(2)}, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_write_removes_the_temporary_files_a_killed_writer_left(tmp_path):
+    """SIGKILL mid-write leaves a checkpoint-sized temporary file (ours, or safetensors' own); the next write goes."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for name in (".last.safetensors.tmp-4242", ".last.prev.safetensors.tmp-4242", ".last.json.tmp-4242", ".tmpX1y2Z3"):
+        (checkpoints / name).write_bytes(b"\0" * 100)
+    (checkpoints / "notes.txt").write_text("not a leftover")
+    save_checkpoint(checkpoints / "last.safetensors", {"w": torch.ones(2)}, {"epoch": 1})
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.json", "last.safetensors", "notes.txt"]
+
+
+def test_a_run_file_that_cannot_be_written_whole_keeps_the_old_one(tmp_path, monkeypatch):
+    """summary.json, data.json...: a full disk leaves the previous file whole, not a truncated one."""
+    summary = tmp_path / "summary.json"
+    write_json(summary, {"final": 1})
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(SmallViTError) as excinfo:
+        write_json(summary, {"final": 2})
+    expected = f"could not write {summary} (No space left on device): free disk space; the previous summary.json is"
+    assert str(excinfo.value) == expected + " intact"
+    assert json.loads(summary.read_text()) == {"final": 1} and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
 def cut_last_record(path: Path) -> None:

@@ -4,8 +4,11 @@
 (``optim.*``) and the RNG states (``rng.*``, ``gen.*``); its safetensors metadata carries the JSON state (epoch,
 step, best metric, optimizer hyper-parameters) and a sha256 of every tensor, checked when it is read. A readable
 copy of that JSON sits beside it. One file and one ``os.replace`` means a crash leaves either the old checkpoint or
-the new one, never a mix; the checkpoint it replaces is kept as ``last.prev.safetensors``, so a ``last`` that is
-damaged later (a bad disk, a truncated copy) still leaves one to resume from.
+the new one, never a mix (the new file reaches the disk before it replaces the old one, so a power cut does not
+leave an empty file either); the checkpoint it replaces is kept as ``last.prev.safetensors``, so a ``last`` that is
+damaged later (a bad disk, a truncated copy) still leaves one to resume from. Temporary files a killed writer left
+are removed at the next write. :func:`write_text_atomic` gives the run's other files (``summary.json``...) the same
+guarantee.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def _write_atomic(path: Path, write, keep_previous: Path | None = None) -> None:
     existed = path.is_file()
     try:
         write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -80,16 +85,29 @@ def tensor_digest(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` as checkpoints are replaced: a crash leaves the old file or the new one, whole."""
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def save_checkpoint(path: Path, tensors: dict[str, Tensor], state: dict) -> None:
     """Write ``tensors`` and the JSON-able ``state`` to ``path`` (+ ``path.with_suffix('.json')``) atomically; a
     ``last`` checkpoint it replaces becomes ``last.prev``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path.parent)
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(state, indent=2, default=str)
     metadata = {"state": text, "sha256": tensor_digest(flat)}
     keep = previous_checkpoint(path) if path.stem == "last" else None
     _write_atomic(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata), keep_previous=keep)
-    _write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
+    write_text_atomic(path.with_suffix(".json"), text + "\n")
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """The temporary files of a writer killed mid-write (``.<name>.tmp-<pid>``, and safetensors' own ``.tmpXXXXXX``),
+    each as large as a checkpoint. A run folder has one writer at a time (its lock), so none is in use."""
+    for leftover in [*folder.glob(".*.tmp-*"), *folder.glob(".tmp??????")]:
+        leftover.unlink(missing_ok=True)
 
 
 def previous_checkpoint(path: Path) -> Path:

@@ -19,7 +19,7 @@ from smallvit.config import RunConfig, read_yaml_mapping, validate_run
 from smallvit.data import ImageDataset, get_dataset_info, load_dataset, split_validation, stratified_subset
 from smallvit.data.pipeline import Augmentation, ViewSpec, build_augmentation, eval_augmentation
 from smallvit.data.transforms import OPS
-from smallvit.engine.checkpoint import load_checkpoint
+from smallvit.engine.checkpoint import load_checkpoint, write_text_atomic
 from smallvit.errors import ConfigError, DataError, SmallViTError
 from smallvit.models import LoadReport, ViTBackbone, build_backbone, load_backbone_weights
 from smallvit.objectives import Objective, ObjectiveSetup, StepContext, build_objective
@@ -368,4 +368,5 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    """``data`` as indented JSON, replacing ``path`` atomically (a crash leaves the old file or the new one)."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
