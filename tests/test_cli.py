@@ -126,23 +126,6 @@ def test_a_run_that_fails_before_training_leaves_no_folder_so_its_name_stays_fre
         assert list((tmp_path / "runs").iterdir()) == []
 
 
-def test_only_a_run_folder_without_any_stage_config_is_discarded(tmp_path, monkeypatch):
-    from smallvit.cli import _discard_untrained
-
-    untrained = tmp_path / "untrained"
-    (untrained / "1-pretrain").mkdir(parents=True)
-    (untrained / "recipe.yaml").write_text("{}")
-    assert _discard_untrained(untrained) and not untrained.exists()
-    second_stage_failed = tmp_path / "second"
-    (second_stage_failed / "1-pretrain").mkdir(parents=True)
-    (second_stage_failed / "1-pretrain" / "config.yaml").write_text("{}")
-    assert not _discard_untrained(second_stage_failed) and second_stage_failed.exists()
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not _discard_untrained(shared) and shared.exists()
-
-
 def test_an_unknown_device_is_refused_before_a_run_folder_is_made(tmp_path):
     result = _cli("train", "quickstart", "train.device=tpu9", "--runs-dir", str(tmp_path / "runs"), env_dir=tmp_path)
     assert result.returncode == 2 and "train.device=tpu9" in result.stderr, result.stderr

@@ -1,6 +1,7 @@
 """A finished run folder: the feature cache, and kNN / linear probes of a run through the command line."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from smallvit.cli import app
 from smallvit.data.pipeline import eval_augmentation
 from smallvit.metrics import extract_features, linear_probe_accuracy
 from smallvit.models import build_backbone
-from smallvit.runs import cached_features, load_run, run_features
+from smallvit.errors import SmallViTError
+from smallvit.runs import cached_features, check_finite, evaluate_run, evaluation_report, load_run, run_features
 
 TINY_IDMM = [
     "epochs=1",
@@ -93,3 +95,15 @@ def test_eval_linear_of_a_run(tmp_path):
     assert features.from_cache and torch.equal(features.query, fresh)
     train, labels, query, query_labels = features.train, features.train_labels, features.query, features.query_labels
     assert linear_probe_accuracy(train, labels, query, query_labels, 10, weight_decay=0.01) == (record["acc1"], 0.01)
+
+    # eval --json: the metrics of evaluate_run, with the per-class numbers of the same split
+    report = evaluation_report(run, split="val")
+    assert (report["split"], report["checkpoint"], report["metrics"]) == ("val", "best", evaluate_run(run, "val"))
+    assert report["classes"] == experiment.classes and len(report["confusion_matrix"]) == 10
+    assert report["images_per_class"] == [4] * 10 and len(report["per_class_accuracy"]) == 10
+
+
+def test_non_finite_metrics_are_refused_naming_the_first():
+    check_finite({"test/supervised/acc1": 0.5})
+    with pytest.raises(SmallViTError, match="^test/supervised/loss is not finite: the checkpoint's weights are broken"):
+        check_finite({"test/supervised/acc1": 0.5, "test/supervised/loss": math.inf, "test/x": math.nan})

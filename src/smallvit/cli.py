@@ -6,9 +6,6 @@ traceback).
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -64,29 +61,19 @@ def _stage(run: Path) -> Path:
     return stage
 
 
-def _discard_untrained(run_dir: Path) -> bool:
-    """Remove a new run's folder if it stopped before any stage began training (no ``config.yaml`` in it yet: a
-    set-up error such as an impossible patch size), so that no empty run is left behind and a retry with the same
-    ``--name`` gets that name. Under torchrun the folder is every process's, and is kept."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or any(run_dir.rglob("config.yaml")):
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
-
-
 def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
     """Train a loaded recipe into ``run_dir`` (a new run), or continue ``run_dir`` when ``recipe`` is None; on
     Ctrl-C or SIGTERM, say how to resume; a new run that fails or stops before training leaves no folder."""
-    from smallvit.engine.runner import resume_run, run_recipe
+    from smallvit.engine.runner import resume_run, run_new
     from smallvit.engine.trainer import Interrupted
 
     try:
         if recipe is None:
             summaries = resume_run(run_dir, quiet=quiet, console=console)
         else:
-            summaries = run_recipe(recipe, run_dir, quiet=quiet, console=console)
+            summaries = run_new(recipe, run_dir, quiet=quiet, console=console)
     except (KeyboardInterrupt, Interrupted) as err:
-        if recipe is not None and _discard_untrained(run_dir):
+        if not run_dir.exists():  # a new run stopped before training began, and its folder was removed
             err_console.print(f"{str(err) or 'interrupted'} before training began: nothing to resume")
             raise typer.Exit(130) from None
         err_console.print(
@@ -96,10 +83,6 @@ def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
             highlight=False,
         )
         raise typer.Exit(130) from None
-    except BaseException:
-        if recipe is not None:
-            _discard_untrained(run_dir)
-        raise
     _print_summary(summaries)
 
 
@@ -118,7 +101,7 @@ def train(
 ) -> None:
     """Train a recipe; with --resume, continue an interrupted run."""
     from smallvit.config import load_recipe
-    from smallvit.engine.runner import new_run_dir
+    from smallvit.engine.runner import check_devices, training_run_dir
 
     if resume is not None:
         if recipe or overrides:
@@ -128,28 +111,10 @@ def train(
     if recipe is None:
         raise SmallViTError("no recipe given: run `smallvit recipes` to list them, e.g. `smallvit train quickstart`")
     loaded = load_recipe(recipe, overrides or [])
-    _check_devices(loaded)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if name is None:
-            raise SmallViTError("under torchrun every process must write to the same run folder: pass --name NAME")
-        run_dir = runs_dir / name
-        # rank 0 alone checks (the others may see the folder it is making); torchrun stops them all if it fails
-        if int(os.environ.get("RANK", "0")) == 0 and (run_dir / "config.yaml").exists():
-            raise SmallViTError(
-                f"run folder {run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --name"
-            )
-    else:
-        run_dir = new_run_dir(runs_dir, loaded.name, name)
+    check_devices(loaded)
+    run_dir = training_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] → {run_dir}")
     _run_and_summarise(loaded, run_dir, quiet)
-
-
-def _check_devices(recipe) -> None:
-    """Every stage's train.device exists here, checked before a run folder is made."""
-    from smallvit.engine.experiment import resolve_device
-
-    for stage in recipe.stages:
-        resolve_device(stage.train.device)
 
 
 @app.command(
@@ -166,16 +131,11 @@ def finetune(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a pre-trained run with a recipe: its first stage starts from RUN's backbone (model.init_from=RUN)."""
-    from smallvit.config import load_recipe
-    from smallvit.engine.experiment import resolve_checkpoint
-    from smallvit.engine.runner import new_run_dir
+    from smallvit.engine.runner import check_devices, finetune_recipe, new_run_dir
 
     run = _stage(run)
-    resolve_checkpoint(run)
-    loaded = load_recipe(recipe, overrides or [])
-    first = loaded.stages[0]
-    loaded.stages[0] = first.model_copy(update={"model": first.model.model_copy(update={"init_from": str(run)})})
-    _check_devices(loaded)
+    loaded = finetune_recipe(run, recipe, overrides or [])
+    check_devices(loaded)
     run_dir = new_run_dir(runs_dir, loaded.name, name)
     console.print(f"[bold]{loaded.name}[/bold] from {run} → {run_dir}")
     _run_and_summarise(loaded, run_dir, quiet)
@@ -204,46 +164,17 @@ def eval_classify(
     ] = False,
 ) -> None:
     """Top-1, top-5 and loss of a trained run on a split (--json: also per class, and the confusion matrix)."""
-    if as_json:
-        _eval_json(_stage(run), split, checkpoint)
-        return
-    from smallvit.runs import evaluate_run
+    import json
 
+    from smallvit.runs import check_finite, evaluate_run, evaluation_report
+
+    if as_json:
+        typer.echo(json.dumps(evaluation_report(_stage(run), split, checkpoint), indent=2))
+        return
     metrics = evaluate_run(_stage(run), split=split, checkpoint=checkpoint)
     for key, value in metrics.items():
         console.print(f"{key}: {value:.4f}")
-    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
-    if bad:
-        raise SmallViTError(f"{bad[0]} is not finite: the checkpoint's weights are broken; evaluate another checkpoint")
-
-
-def _eval_json(stage: Path, split: str | None, checkpoint: str) -> None:
-    """``eval --json``: one load of the run for the metrics and for the per-class numbers of the same split."""
-    import json
-
-    from smallvit.engine.pictures import class_summary, predict_split
-    from smallvit.engine.trainer import evaluate
-    from smallvit.runs import load_run, split_role
-
-    experiment = load_run(stage, checkpoint, split)
-    role = split_role(split)
-    metrics = evaluate(experiment, experiment.model, role, prefix=split or "test")
-    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
-    if bad:
-        raise SmallViTError(f"{bad[0]} is not finite: the checkpoint's weights are broken; evaluate another checkpoint")
-    data = experiment.eval_set(role)
-    report = {"run": str(stage), "split": split or "test", "checkpoint": checkpoint, "metrics": metrics}
-    probabilities = predict_split(experiment, experiment.model, data)
-    if probabilities is not None:
-        summary = class_summary(probabilities, data.labels, experiment.classes)
-        report.update(
-            classes=experiment.classes,
-            images_per_class=[sum(row) for row in summary["confusion"]],
-            per_class_accuracy=summary["per_class"],
-            confusion_matrix=summary["confusion"],
-            confusion_matrix_axes="rows: true class, columns: predicted class (in the order of classes)",
-        )
-    typer.echo(json.dumps(report, indent=2))
+    check_finite(metrics)
 
 
 @eval_app.command("knn", epilog="Example:\n\n  smallvit eval knn runs/idmm-pretrain-20261125-120000")
@@ -361,7 +292,7 @@ def fit(
         if result.slowdown and result.after_decoding_s > result.budget_s:
             spent += f", epochs {result.slowdown:.1f}x slower than measured"
     if result.test_classes:
-        balanced = balanced_accuracy(result.test_classes["per_class"])
+        balanced = balanced_accuracy(result.test_classes["confusion"])
         lines.append(f"balanced test accuracy (mean per-class recall; the classes are unbalanced): {balanced:.4f}")
     lines += [
         f"{epochs_text(run)} of {result.recipe.text} at {result.geometry.image_size} px / patch "

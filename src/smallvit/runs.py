@@ -8,6 +8,7 @@ probe's result is appended to ``<run>/evaluations.jsonl``.
 Example::
 
     metrics = evaluate_run(Path("runs/quickstart-20261125-120000"), split="test")  # {"test/supervised/acc1": ...}
+    report = evaluation_report(Path("runs/quickstart-20261125-120000"))  # the metrics, per class, confusion matrix
     result = knn_evaluate_run(Path("runs/idmm-pretrain-20261125-120000"))  # {"acc1": ..., "split": "test", ...}
     result = linear_probe_run(Path("runs/idmm-pretrain-20261125-120000"))  # {"acc1": ..., "weight_decay": ...}
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from smallvit.data import get_dataset_info
 from smallvit.data.pipeline import Augmentation
 from smallvit.engine.checkpoint import load_checkpoint
 from smallvit.engine.experiment import Experiment, build_experiment, read_run_config
+from smallvit.engine.pictures import class_summary, predict_split
 from smallvit.engine.trainer import evaluate
 from smallvit.errors import SmallViTError
 from smallvit.metrics import extract_features, knn_accuracy, linear_probe_accuracy
@@ -66,6 +69,35 @@ def evaluate_run(run_dir: Path, split: str | None = None, checkpoint: str = "bes
     """Every objective's evaluation metrics (top-1/top-5 for a classifier) of a run on a split (default: test)."""
     experiment = load_run(run_dir, checkpoint, split)
     return evaluate(experiment, experiment.model, split_role(split), prefix=split or "test")
+
+
+def check_finite(metrics: dict[str, float]) -> None:
+    """Refuse metrics that are NaN or infinite: the evaluated checkpoint's weights are broken."""
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise SmallViTError(f"{bad[0]} is not finite: the checkpoint's weights are broken; evaluate another checkpoint")
+
+
+def evaluation_report(run_dir: Path, split: str | None = None, checkpoint: str = "best") -> dict:
+    """:func:`evaluate_run`'s metrics (checked finite) and, for a classifier, each class's image count and accuracy
+    and the confusion matrix of the same split, from one load of the run: what ``smallvit eval --json`` prints."""
+    experiment = load_run(run_dir, checkpoint, split)
+    role = split_role(split)
+    metrics = evaluate(experiment, experiment.model, role, prefix=split or "test")
+    check_finite(metrics)
+    data = experiment.eval_set(role)
+    report = {"run": str(run_dir), "split": split or "test", "checkpoint": checkpoint, "metrics": metrics}
+    probabilities = predict_split(experiment, experiment.model, data)
+    if probabilities is not None:
+        summary = class_summary(probabilities, data.labels, experiment.classes)
+        report.update(
+            classes=experiment.classes,
+            images_per_class=[sum(row) for row in summary["confusion"]],
+            per_class_accuracy=summary["per_class"],
+            confusion_matrix=summary["confusion"],
+            confusion_matrix_axes="rows: true class, columns: predicted class (in the order of classes)",
+        )
+    return report
 
 
 def export_run(run_dir: Path, output: Path, checkpoint: str = "best") -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import time
 from contextlib import nullcontext
@@ -18,8 +19,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from smallvit.config import Recipe, RunConfig, read_yaml_mapping, validate_run
-from smallvit.engine.experiment import write_json
+from smallvit.config import Recipe, RunConfig, distributed_env, load_recipe, read_yaml_mapping, validate_run
+from smallvit.engine.experiment import resolve_checkpoint, resolve_device, write_json
 from smallvit.engine.interrupts import sigterm_as_interrupt
 from smallvit.engine.logging import read_summary
 from smallvit.engine.trainer import epochs_text, train
@@ -48,6 +49,49 @@ def new_run_dir(runs_dir: Path, recipe_name: str, name: str | None) -> Path:
             f"cannot create a run folder in {runs_dir} ({err.strerror}): give a writable --runs-dir"
         ) from None
     raise SmallViTError(f"{runs_dir} already holds 9999 runs named {stem}: choose another --name")
+
+
+def training_run_dir(runs_dir: Path, recipe_name: str, name: str | None) -> Path:
+    """The folder a new training run writes to: a new one (:func:`new_run_dir`), or under ``torchrun`` the one every
+    process names with ``--name``, which rank 0 alone checks holds no run yet (the other ranks may see the folder it
+    is making; torchrun stops them all if the check fails)."""
+    launch = distributed_env()
+    if not launch.distributed:
+        return new_run_dir(runs_dir, recipe_name, name)
+    if name is None:
+        raise SmallViTError("under torchrun every process must write to the same run folder: pass --name NAME")
+    run_dir = runs_dir / name
+    if launch.is_main and (run_dir / "config.yaml").exists():
+        raise SmallViTError(
+            f"run folder {run_dir} already holds a run: continue it with --resume {run_dir}, or pass another --name"
+        )
+    return run_dir
+
+
+def discard_untrained(run_dir: Path) -> bool:
+    """Remove a new run's folder if it stopped before any stage began training (no ``config.yaml`` in it yet: a
+    set-up error such as an impossible patch size), so that no empty run is left behind and a retry with the same
+    ``--name`` gets that name. Under torchrun the folder is every process's, and is kept. Returns whether it went."""
+    if distributed_env().distributed or any(run_dir.rglob("config.yaml")):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def check_devices(recipe: Recipe) -> None:
+    """Every stage's ``train.device`` exists here: checked before a run folder is made."""
+    for stage in recipe.stages:
+        resolve_device(stage.train.device)
+
+
+def finetune_recipe(source: Path, recipe: str, overrides: list[str]) -> Recipe:
+    """``recipe`` with ``overrides``, its first stage starting from the backbone of ``source`` (``model.init_from``):
+    a run folder, an export folder or a .safetensors file, checked to hold a checkpoint before the recipe is read."""
+    resolve_checkpoint(source)
+    loaded = load_recipe(recipe, overrides)
+    first = loaded.stages[0]
+    loaded.stages[0] = first.model_copy(update={"model": first.model.model_copy(update={"init_from": str(source)})})
+    return loaded
 
 
 class RunLock:
@@ -111,9 +155,19 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, quiet: bool = False, console: C
         return _run_stages(recipe.stages, stage_dirs(run_dir, recipe.stages), run_dir, quiet, console)
 
 
+def run_new(recipe: Recipe, run_dir: Path, *, quiet: bool = False, console: Console | None = None) -> list[dict]:
+    """:func:`run_recipe` into a new run folder, which :func:`discard_untrained` removes if the run fails or is
+    stopped before training began."""
+    try:
+        return run_recipe(recipe, run_dir, quiet=quiet, console=console)
+    except BaseException:
+        discard_untrained(run_dir)
+        raise
+
+
 def _lock(run_dir: Path):
     """The run folder's lock, taken by the first process only (under torchrun, rank 0 stands for all)."""
-    return RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext()
+    return RunLock(run_dir) if distributed_env().is_main else nullcontext()
 
 
 def resume_run(run_dir: Path, *, quiet: bool = False, console: Console | None = None) -> list[dict]:
