@@ -87,20 +87,12 @@ def _splits_id(splits: dict | None) -> tuple[str | None, str | None]:
     return digest, shas.get("test")
 
 
-def _override(args: list[str], *keys: str) -> str | None:
-    for arg in reversed(args):
-        key, sep, value = arg.partition("=")
-        if sep and key in keys:
-            return value
-    return None
-
-
 def _legacy_dataset(args: list[str], near: Path) -> str | None:
     """The dataset an old summary's run trained on: its ``dataset=`` override, else its recipe's (the recipe found
     from the current directory or from a folder above the summary)."""
-    from smallvit.config import load_recipe
+    from smallvit.config import load_recipe, override_value
 
-    if dataset := _override(args, "dataset", "data.dataset"):
+    if dataset := override_value(args, "data.dataset"):
         return dataset
     if not args:
         return None
@@ -149,9 +141,11 @@ def _best_checkpoint(stage: dict, curve: list[tuple[float, float]]) -> Scores | 
 
 def _legacy_fields(run: RunResult, entry: dict, path: Path) -> None:
     """What an old summary's entry (written by the former results/run.py) tells: command, seed, dataset, recipe."""
+    from smallvit.config import override_value
+
     args = [str(a) for a in entry.get("args", [])]
     run.command = "smallvit train " + shlex.join(args)
-    seed = _override(args, "seed", "train.seed") or (re.findall(r"-s(\d+)$", entry.get("id", "")) or [None])[0]
+    seed = override_value(args, "train.seed") or (re.findall(r"-s(\d+)$", entry.get("id", "")) or [None])[0]
     run.seed = int(seed) if seed is not None else None
     run.dataset = _legacy_dataset(args, path)
     run.recipe = args[0] if args else None
