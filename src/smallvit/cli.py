@@ -292,7 +292,7 @@ def fit(
         if result.slowdown and result.after_decoding_s > result.budget_s:
             spent += f", epochs {result.slowdown:.1f}x slower than measured"
     if result.test_classes:
-        balanced = balanced_accuracy(result.test_classes["confusion"])
+        balanced = balanced_accuracy(result.test_classes["per_class"])
         lines.append(f"balanced test accuracy (mean per-class recall; the classes are unbalanced): {balanced:.4f}")
     lines += [
         f"{epochs_text(run)} of {result.recipe.text} at {result.geometry.image_size} px / patch "
