@@ -9,7 +9,7 @@ wall-clock time and the process's CPU time are measured, their medians and their
 other jobs the wall-clock ratio drifts with their load (recorded before and after), the CPU-time ratio less (but
 with 2 threads it counts a thread's spinning while the other is descheduled; ``--threads 1`` counts work only).
 
-Targets (issue 12): RPL with 1024 sampled pairs ≤ 1.25 × supervised, RelViT-joint ≤ 1.10 ×, at batch 128.
+Targets: RPL with 1024 sampled pairs ≤ 1.25 × supervised, RelViT-joint ≤ 1.10 ×, at batch 128.
 
     python benchmarks/bench_objectives.py [--tokens 49 64 196] [--repeats 5] [--threads N] [--note TEXT] [RECIPE ...]
 """
@@ -30,7 +30,7 @@ from smallvit.engine.memory import keep_freed_memory
 from smallvit.engine.trainer import build_optimizer, objective_weights, optimizer_step
 
 BASELINE = "quickstart"
-DEFAULT = ["results/recipes/cmp-relvit-joint.yaml", "results/recipes/cmp-rpl.yaml"]
+DEFAULT = ["relvit-joint", "small-data"]
 GEOMETRY = {49: (112, 16), 64: (32, 4), 196: (56, 4)}
 """Token count → (image size, patch size)."""
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 12): one script of at most 8 minutes on one GPU, in five sections.
+# The prepared GPU check: one script of at most 8 minutes on one GPU, in five sections.
 #
 #   env        the machine: nvidia-smi, torch / CUDA / cuDNN, torchvision, timm, smallvit and its git commit, CPUs
 #   tests      the tests marked `cuda` (tests/test_cuda.py): bf16 + fused AdamW training that resumes bit-identically,

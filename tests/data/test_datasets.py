@@ -523,7 +523,9 @@ def test_registry_names_validation_and_test_splits():
     assert splits == {
         **dict.fromkeys(["cifar10", "cifar100", "svhn", "fashion-mnist", "cifar10-jpeg"], (None, "test")),
         "tiny-imagenet": (None, "val"),
-        **dict.fromkeys(["flowers102", "cifar10-sample", "imagenette-2040"], ("val", "test")),
+        **dict.fromkeys(
+            ["flowers102", "cifar10-sample", "imagenette-2040", "caltech101-2020", "eurosat-2040"], ("val", "test")
+        ),
         "imagefolder": ("val", None),
     }
 

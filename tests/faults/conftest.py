@@ -1,5 +1,5 @@
 """Fixtures for the fault tests: fast real command-line processes (see ``cli_processes.py``) and one decoded-data
-cache for the whole session, so that each run does not decode the bundled CIFAR-10 sample again."""
+cache for the whole fault suite, so that each run does not decode the bundled CIFAR-10 sample again."""
 
 import os
 import sys
@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cli_processes import CliServer  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cli():
     """``smallvit ARGS`` in a fresh process: ``cli.run(*args, env=...)`` → ``Result(returncode, stdout, stderr)``."""
     server = CliServer()
@@ -20,14 +20,14 @@ def cli():
     server.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def data_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture
 def env(tmp_path, data_cache, monkeypatch) -> dict:
-    """The environment of a command: an empty data root, the session's decoded-data cache; also set in this process."""
+    """The environment of a command: an empty data root, the suite's decoded-data cache; also set in this process."""
     monkeypatch.setenv("SMALLVIT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SMALLVIT_CACHE", str(data_cache))
     return dict(os.environ)

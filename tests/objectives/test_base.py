@@ -224,7 +224,7 @@ def test_masked_by_names_a_masking_objective_listed_before(objectives, message):
         validate_run(raw, "recipe")
 
 
-# ---------------------------------------------------------------- run folders written before issue 12
+# ---------------------------------------------------------------- run folders written before the objectives rework
 
 
 def tiny_train_model(config: RunConfig) -> TrainModel:
@@ -273,9 +273,9 @@ def test_a_run_folder_of_mae_with_position_labels_reopens_with_its_heads():
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reopened.state_dict().values()))
 
 
-# ---------------------------------------------------------------- recipes give the losses they gave before issue 12
+# ---------------------------------------------------------------- recipes give the losses they gave before the objectives rework
 
-BEFORE = {  # total loss of one step of the recipe on 8 images, computed by the code before issue 12
+BEFORE = {  # total loss of one step of the recipe on 8 images, computed by the code before the objectives rework
     "relvit-joint": 9.042474746704102,  # supervised + relations + abs_position
     "mae-apl-pretrain": 3.3094475269317627,  # mae with position_labels: [{kind: apl, weight: 0.5}]
     "idmm-pretrain": 6.061501502990723,  # instance discrimination summed over its two crop groups

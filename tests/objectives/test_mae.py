@@ -117,7 +117,7 @@ def test_mae_loss_equals_a_loop_over_masked_patches():
 
 MAE_WITH_POSITION_LABELS = 3.7743091583251953
 """The MAE objective's loss with ``position_labels: [{kind: apl, weight: 0.5}, {kind: rpl, weight: 0.25,
-max_pairs: 5}]`` in the set-up of the test below, computed by the code before MAE composed with apl/rpl (issue 12)."""
+max_pairs: 5}]`` in the set-up of the test below, computed by the code before MAE composed with apl/rpl."""
 
 
 def composed(batch: int = 3):

@@ -160,12 +160,12 @@ def onnx_snippet(export_dir: Path, exported: dict) -> str:
             "import onnxruntime",
             "from PIL import Image, ImageOps",
             "",
-            f'session = onnxruntime.InferenceSession("{export_dir.name}/{ONNX_FILE}")',
+            f'model = onnxruntime.InferenceSession("{export_dir.name}/{ONNX_FILE}")',
             f'classes = json.load(open("{export_dir.name}/config.json"))["classes"]',
             f'image = Image.open("photo.jpg").convert("{"RGB" if channels == 3 else "L"}")',
             f"image = ImageOps.fit(image, ({size}, {size}))  # centre crop to a square, resize",
             f"x = (np.asarray(image, np.float32) / 255 - np.float32({mean})) / np.float32({std})",
-            f'logits = session.run(["{OUTPUT}"], {{"{INPUT}": {layout}}})[0]',
+            f'logits = model.run(["{OUTPUT}"], {{"{INPUT}": {layout}}})[0]',
             "print(classes[int(logits.argmax())])",
         ]
     )

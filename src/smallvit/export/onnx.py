@@ -1,4 +1,4 @@
-"""ONNX: an exported timm model as ``model.onnx``, and ONNX Runtime sessions that classify with it.
+"""ONNX: an exported timm model as ``model.onnx``, and ONNX Runtime models that classify with it.
 
 The model is the one :func:`~smallvit.models.create_timm_model` loads from an export folder, traced by PyTorch's
 TorchScript-based exporter (``dynamo=False``: several times quicker on these models than the dynamo exporter, which
@@ -79,7 +79,7 @@ def export_onnx(export_dir: Path) -> Path:
 
 
 def onnx_classifier(path: Path, device: torch.device | None = None) -> Callable[[Tensor], Tensor]:
-    """An ONNX Runtime session of ``model.onnx`` as a function of normalised images (any device) to float32 logits
+    """An ``onnxruntime.InferenceSession`` of ``model.onnx`` as a function of normalised images (any device) to float32 logits
     on the CPU; on a CUDA ``device`` it runs on the GPU when ONNX Runtime has CUDA support."""
     require("onnxruntime")
     import onnxruntime
@@ -91,10 +91,10 @@ def onnx_classifier(path: Path, device: torch.device | None = None) -> Callable[
         and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     ):
         providers.insert(0, "CUDAExecutionProvider")
-    session = onnxruntime.InferenceSession(str(path), providers=providers)
+    runtime = onnxruntime.InferenceSession(str(path), providers=providers)
 
     def classify(images: Tensor) -> Tensor:
         inputs = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        return torch.from_numpy(session.run([OUTPUT], {INPUT: inputs})[0])
+        return torch.from_numpy(runtime.run([OUTPUT], {INPUT: inputs})[0])
 
     return classify
