@@ -79,9 +79,7 @@ def test_a_machine_that_slows_down_halfway_still_ends_at_the_minimum_lr_as_the_b
     assert train[-1]["lr"] == 1e-5  # annealed exactly
     assert (summary["steps"], summary["epochs_run"], summary["training_s"]) == (6, 3.0, 9.0)  # not 9 steps
     assert summary["time_budget"] == {"budget_s": 9, "schedule": "clock", "spent": True, "max_steps": 6}
-    assert (
-        "time_limit" not in summary and trainer.epochs_text(summary) == "3 epochs (6 steps) in its time budget of 9 s"
-    )
+    assert "time_limit" not in summary and trainer.epochs_text(summary) == "3 epochs (6 steps, time budget 9 s)"
     [evaluation] = _records(tmp_path / "run", "eval")
     assert evaluation["epoch"] == 3 and evaluation["step"] == 6
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[1]
@@ -112,7 +110,9 @@ def test_max_steps_repeats_a_budget_runs_length_with_a_step_schedule(tmp_path, s
 
 def test_max_steps_can_end_a_run_mid_epoch_and_may_not_exceed_the_epochs(tmp_path):
     summary = _train(tmp_path, "train.max_steps=5")
-    assert (summary["steps"], summary["epochs_run"]) == (5, 2.5)
+    assert (summary["steps"], summary["epochs_run"]) == (5, 2.5) and trainer.epochs_text(
+        summary
+    ) == "2.5 epochs (5 steps)"
     assert _records(tmp_path / "run", "train")[-1]["lr"] == 1e-5
     assert [r["epoch"] for r in _records(tmp_path / "run", "eval")] == [2.5]
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[1]

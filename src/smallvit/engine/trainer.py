@@ -831,7 +831,7 @@ def _test(run: Run, final: dict[str, float], epochs_run: float) -> tuple[dict[st
 
 def epochs_text(summary: dict) -> str:
     """The epochs a run trained, from its summary: ``10 epochs``, ``3.4 of 10 planned epochs (stopped on its time
-    limit of 60 s)``, or ``3.4 epochs (120 steps) in its time budget of 60 s``."""
+    limit of 60 s)``, ``3.4 epochs (120 steps, time budget 60 s)``, or ``2.5 epochs (50 steps)`` (``max_steps``)."""
     limit, budget = summary.get("time_limit") or {}, summary.get("time_budget")
     if limit.get("stopped"):
         return (
@@ -840,5 +840,7 @@ def epochs_text(summary: dict) -> str:
         )
     if budget:
         steps, seconds = summary["steps"], budget["budget_s"]
-        return f"{summary['epochs_run']:.3g} epochs ({steps} steps) in its time budget of {seconds:g} s"
+        return f"{summary['epochs_run']:.3g} epochs ({steps} steps, time budget {seconds:g} s)"
+    if summary.get("epochs_run", summary.get("epochs")) != summary.get("epochs"):  # ended by train.max_steps
+        return f"{summary['epochs_run']:.3g} epochs ({summary['steps']} steps)"
     return f"{summary.get('epochs')} epochs"
