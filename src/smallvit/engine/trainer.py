@@ -4,6 +4,7 @@
 (LP-FT), then for each epoch :func:`run_epoch` and :func:`evaluate_and_checkpoint`, and :func:`finish`; they share
 one :class:`Run`. The pieces they call live beside them: the training clock (``clock.py``), the EMA (``ema.py``),
 signal handling (``signals.py``), provenance (``provenance.py``), schedules (``schedules.py``).
+
 Objectives, schedules and augmentation are data handed to it (see :mod:`smallvit.engine.experiment`); the loop
 has no per-method cases. Distributed training (``torchrun``) is the few lines marked ``# distributed``.
 """
