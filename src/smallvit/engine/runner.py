@@ -4,6 +4,9 @@ A multi-stage run folder holds one sub-folder per stage (``1-relvit-pretrain/``,
 a stage whose ``model.init_from`` is ``previous`` starts from the stage before it. Resuming skips the stages
 that finished (they have ``summary.json``) and continues the first that did not. A stage that its
 ``train.time_limit_s`` stopped counts as finished until that limit is raised or removed in the run's config.
+
+A new run gets its folder from :func:`training_run_dir` (under ``torchrun``, the one folder all ranks name) after
+:func:`check_devices`, and :func:`run_new` removes that folder again if the run stops before training began.
 """
 
 from __future__ import annotations
