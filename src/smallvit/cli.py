@@ -65,7 +65,7 @@ def _run_and_summarise(recipe, run_dir: Path, quiet: bool) -> None:
     """Train a loaded recipe into ``run_dir`` (a new run), or continue ``run_dir`` when ``recipe`` is None; on
     Ctrl-C or SIGTERM, say how to resume; a new run that fails or stops before training leaves no folder."""
     from smallvit.engine.runner import resume_run, run_new
-    from smallvit.engine.trainer import Interrupted
+    from smallvit.engine.signals import Interrupted
 
     try:
         if recipe is None:

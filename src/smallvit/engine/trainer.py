@@ -42,12 +42,13 @@ from smallvit.engine.ema import Ema
 from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, write_json
 from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
 from smallvit.engine.memory import keep_freed_memory
-from smallvit.engine.pictures import draw_run_pictures
+from smallvit.engine.pictures import draw_run_pictures, predict_split
 from smallvit.engine.provenance import device_name, git_commit, provenance, versions
 from smallvit.engine.schedules import run_fraction, warmup_cosine
 from smallvit.engine.signals import Interrupted, StopRequest
 from smallvit.errors import ConfigError, SmallViTError
 from smallvit.metrics import extract_features, knn_accuracy, train_linear_probe
+from smallvit.metrics.classification import balanced_accuracy, is_balanced
 from smallvit.models import no_weight_decay_names
 
 
@@ -823,15 +824,28 @@ def _test(run: Run, final: dict[str, float], epochs_run: float) -> tuple[dict[st
     if exp.test is None:
         return best_test, best_state
     final.update(evaluate(exp, model, "test"))
+    final.update(balanced_test_accuracy(exp, model))
     if run.ema is not None:
         final.update(evaluate(exp, run.ema.module, "test", prefix="test/ema"))
     if best_state:
         last_weights = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_tensors)
-        best_test = evaluate(exp, model, "test")
+        best_test = {**evaluate(exp, model, "test"), **balanced_test_accuracy(exp, model)}
         model.load_state_dict(last_weights)
     run.log.write({"kind": "test", "step": run.step, "epoch": epochs_run, **final, **prefixed("best/", best_test)})
     return best_test, best_state
+
+
+def balanced_test_accuracy(exp: Experiment, model: torch.nn.Module) -> dict[str, float]:
+    """``test/supervised/balanced_acc1``, top-1 averaged over classes, when the test split's classes are unbalanced
+    (e.g. Caltech-101's), where it differs from top-1; nothing on a balanced split or without a classifier."""
+    labels = exp.test.labels.cpu()
+    if is_balanced(labels):
+        return {}
+    probabilities = predict_split(exp, model, exp.test)
+    if probabilities is None:
+        return {}
+    return {"test/supervised/balanced_acc1": balanced_accuracy(probabilities.argmax(dim=1), labels, len(exp.classes))}
 
 
 def epochs_text(summary: dict) -> str:

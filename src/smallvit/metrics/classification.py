@@ -8,6 +8,8 @@ Example:
     [[1, 1], [0, 1]]
     >>> per_class_accuracy(confusion).tolist()
     [0.5, 1.0]
+    >>> balanced_accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), num_classes=2)  # (0.5 + 1.0) / 2
+    0.75
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ def per_class_accuracy(confusion: Tensor) -> Tensor:
     """float [num_classes]: the fraction of each true class predicted right; NaN for a class with no images."""
     totals = confusion.sum(dim=1).double()
     return (confusion.diagonal().double() / totals).where(totals > 0, torch.full_like(totals, float("nan")))
+
+
+def balanced_accuracy(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Top-1 averaged over the classes that have images (mean per-class recall): what top-1 is on a balanced split,
+    and the fair figure on an unbalanced one, where top-1 weighs the large classes more."""
+    return float(per_class_accuracy(confusion_matrix(predictions, labels, num_classes)).nanmean())
+
+
+def is_balanced(labels: Tensor) -> bool:
+    """Whether every class that has images has as many as the others."""
+    counts = torch.bincount(labels.long().cpu())
+    present = counts[counts > 0]
+    return bool(present.min() == present.max()) if len(present) else True
 
 
 def worst_classified(probabilities: Tensor, labels: Tensor, count: int) -> Tensor:
