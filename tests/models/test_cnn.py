@@ -78,7 +78,7 @@ def test_token_objectives_refuse_it_in_one_line():
     message = str(err.value)
     print(message)
     assert "\n" not in message
-    assert message.startswith("objective 'relations' needs patch tokens, which CNN presets (resnet18_cifar)")
+    assert message.startswith("objective 'relations' needs patch tokens, which CNN presets (resnet18_cifar, resnet18)")
     assert "vit_lite_conv" in message
     token_objectives = sorted(name for name, cls in OBJECTIVES.items() if cls.requires_patch_tokens)
     assert token_objectives == ["abs_position", "angles", "apl", "distances", "drloc", "mae", "relations", "rpl"]

@@ -27,13 +27,64 @@ CHANGES: dict[str, tuple[str, ...]] = {"embed_layer": ("conv_tokenizer", "conv_s
 
 
 def tokenizer_stages(patch_size: int) -> int:
-    """Conv + max-pool stages of a :class:`ConvTokenizer` whose stride is ``patch_size`` (a power of two >= 2)."""
+    """How many times a :class:`StridedEmbed` of stride ``patch_size`` (a power of two >= 2) halves the image."""
     if patch_size < 2 or patch_size & (patch_size - 1):
-        raise ValueError(f"conv tokenizer patch size must be a power of two >= 2, got {patch_size}")
+        raise ValueError(f"a convolutional embed layer's patch size must be a power of two >= 2, got {patch_size}")
     return int(math.log2(patch_size))
 
 
-class ConvTokenizer(nn.Module):
+class StridedEmbed(nn.Module):
+    """What timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``, for a convolutional one whose
+    stride is ``patch_size`` (a power of two: it halves the image ``log2(patch_size)`` times): the geometry
+    attributes (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``, ``feat_ratio``, ``dynamic_feat_size``),
+    the input checks and the tokens' output format. On the CPU the input goes to ``channels_last`` memory, for which
+    oneDNN's convolution kernels are faster (only float rounding changes; other devices keep their default layout, as
+    no GPU measurement backs a change there); the weights keep the default layout, so checkpoints are unchanged.
+    Subclasses build ``self.stages`` (images to an [B, C, h, w] map) and may override :meth:`features`."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int],
+        patch_size: int,
+        output_fmt: str | None,
+        strict_img_size: bool,
+        dynamic_img_pad: bool,
+    ):
+        super().__init__()
+        if dynamic_img_pad:
+            raise ValueError(f"{type(self).__name__} does not pad images (dynamic_img_pad=True)")
+        self.halvings = tokenizer_stages(patch_size)
+        self.patch_size = to_2tuple(patch_size)
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.output_fmt = Format(output_fmt) if output_fmt is not None else None
+        self.strict_img_size = strict_img_size
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        return max(self.patch_size) if as_scalar else self.patch_size
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def features(self, images: Tensor) -> Tensor:
+        """The [B, embed_dim, h, w] map of ``images``."""
+        return self.stages(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        height, width = images.shape[-2:]
+        if self.strict_img_size and (height, width) != self.img_size:
+            raise ValueError(f"input size {height}x{width} does not match the model's {self.img_size}")
+        if height % self.patch_size[0] or width % self.patch_size[1]:
+            raise ValueError(f"input size {height}x{width} is not divisible by the stride {self.patch_size}")
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        x = self.features(images)
+        x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
+        return self.norm(x)
+
+
+class ConvTokenizer(StridedEmbed):
     """The convolutional tokenizer of CCT (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact
     Transformers"), as a timm ``embed_layer``: ``log2(patch_size)`` stages of conv3x3 (stride 1, no bias) + ReLU +
     max-pool(3, stride 2, padding 1), ``hidden_dim`` channels in between and ``embed_dim`` out. Each pool halves the
@@ -41,15 +92,13 @@ class ConvTokenizer(nn.Module):
     effective stride. Follows the released ``Tokenizer`` (SHI-Labs/Compact-Transformers) with CCT-7/3x2's
     64 hidden channels and Kaiming-normal init; unlike CCT, the ViT keeps its CLS token (no sequence pooling).
 
-    Takes the ``PatchEmbed`` arguments timm's ``VisionTransformer`` passes and exposes the attributes it reads
-    (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``, ``feat_ratio``, ``dynamic_feat_size``).
-    ``bias`` is accepted for that signature and unused: CCT's convolutions have none, and a ReLU follows each.
+    Takes the ``PatchEmbed`` arguments timm's ``VisionTransformer`` passes and exposes the attributes it reads (see
+    :class:`StridedEmbed`). ``bias`` is accepted for that signature and unused: CCT's convolutions have none, and a
+    ReLU follows each.
 
     Two choices make it cheaper: each stage pools *before* its ReLU (max-pool and ReLU commute, so values and
     gradients are exactly CCT's, and the ReLU touches a quarter of the elements), and on the CPU it runs in
-    ``channels_last`` memory, for which oneDNN's convolution and max-pool kernels are faster (only float rounding
-    changes; other devices keep their default layout, as no GPU measurement backs a change there). The weights keep
-    the default layout, so checkpoints are unchanged. Measured by ``benchmarks/bench_tokenizer.py``.
+    ``channels_last`` memory (:class:`StridedEmbed`). Measured by ``benchmarks/bench_tokenizer.py``.
 
     A token sees beyond its patch (13 px at patch 4), so encoding a subset of tokens would leak the others' pixels:
     the backbone refuses masked forwards (MAE) with this tokenizer.
@@ -75,17 +124,8 @@ class ConvTokenizer(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
-        if dynamic_img_pad:
-            raise ValueError("the conv tokenizer does not pad images (dynamic_img_pad=True)")
-        stages = tokenizer_stages(patch_size)
-        self.patch_size = to_2tuple(patch_size)
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.output_fmt = Format(output_fmt) if output_fmt is not None else None
-        self.strict_img_size = strict_img_size
-        widths = [in_chans] + [hidden_dim] * (stages - 1) + [embed_dim]
+        super().__init__(img_size, patch_size, output_fmt, strict_img_size, dynamic_img_pad)
+        widths = [in_chans] + [hidden_dim] * (self.halvings - 1) + [embed_dim]
         self.stages = nn.Sequential(
             *[
                 nn.Sequential(
@@ -107,22 +147,8 @@ class ConvTokenizer(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight)
 
-    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
-        return max(self.patch_size) if as_scalar else self.patch_size
 
-    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
-        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
-
-    def forward(self, images: Tensor) -> Tensor:
-        check_stride_input(images, self.img_size, self.patch_size, self.strict_img_size)
-        if images.device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        x = self.stages(images)
-        x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
-        return self.norm(x)
-
-
-class ConvStem(nn.Module):
+class ConvStem(StridedEmbed):
     """The convolutional stem of ViT_C (Xiao et al. 2021, "Early Convolutions Help Transformers See Better",
     NeurIPS), as a timm ``embed_layer``: ``log2(patch_size)`` stride-2 conv3x3 + BatchNorm + ReLU stages, then a
     conv1x1 to ``embed_dim``. Widths double stage by stage and end at ``embed_dim`` (for 192-d and patch 16: 24, 48,
@@ -130,8 +156,8 @@ class ConvStem(nn.Module):
     transformer block, unlike :class:`ConvTokenizer`, whose stride-1 convolutions run at the image's full size.
 
     Each stride-2 convolution halves the image, so the token grid is the one a ``patch_size`` patch projection
-    gives. Takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``. On the CPU
-    it runs in ``channels_last`` memory, as :class:`ConvTokenizer` does (only float rounding changes).
+    gives; it takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``, and
+    runs in ``channels_last`` memory on the CPU (:class:`StridedEmbed`).
     As with the tokenizer, a token sees beyond its patch, so masked forwards (MAE) are refused.
 
     Example:
@@ -154,17 +180,8 @@ class ConvStem(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
-        if dynamic_img_pad:
-            raise ValueError("the conv stem does not pad images (dynamic_img_pad=True)")
-        stages = tokenizer_stages(patch_size)
-        self.patch_size = to_2tuple(patch_size)
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.output_fmt = Format(output_fmt) if output_fmt is not None else None
-        self.strict_img_size = strict_img_size
-        widths = [in_chans] + stem_widths(embed_dim, stages)
+        super().__init__(img_size, patch_size, output_fmt, strict_img_size, dynamic_img_pad)
+        widths = [in_chans] + stem_widths(embed_dim, self.halvings)
         factory = dict(device=device, dtype=dtype)
         self.stages = nn.Sequential(
             *[
@@ -187,33 +204,13 @@ class ConvStem(nn.Module):
         for stage in self.stages:
             nn.init.kaiming_normal_(stage.conv.weight, mode="fan_out", nonlinearity="relu")
 
-    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
-        return max(self.patch_size) if as_scalar else self.patch_size
-
-    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
-        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
-
-    def forward(self, images: Tensor) -> Tensor:
-        check_stride_input(images, self.img_size, self.patch_size, self.strict_img_size)
-        if images.device.type == "cpu":  # as the tokenizer: oneDNN's kernels are faster in this layout
-            images = images.contiguous(memory_format=torch.channels_last)
-        x = self.proj(self.stages(images))
-        x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
-        return self.norm(x)
+    def features(self, images: Tensor) -> Tensor:
+        return self.proj(self.stages(images))
 
 
 def stem_widths(embed_dim: int, stages: int) -> list[int]:
     """Output channels of a :class:`ConvStem`'s stages: doubling, the last one ``embed_dim`` (at least 8 each)."""
     return [max(8, embed_dim >> (stages - 1 - i)) for i in range(stages)]
-
-
-def check_stride_input(images: Tensor, img_size: tuple[int, int], stride: tuple[int, int], strict: bool) -> None:
-    """The input checks of a strided embed layer: the model's size (when ``strict``) and a multiple of the stride."""
-    height, width = images.shape[-2:]
-    if strict and (height, width) != img_size:
-        raise ValueError(f"input size {height}x{width} does not match the model's {img_size}")
-    if height % stride[0] or width % stride[1]:
-        raise ValueError(f"input size {height}x{width} is not divisible by the stride {stride}")
 
 
 def cifar_stem(model: nn.Module) -> nn.Module:
