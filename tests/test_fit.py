@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import smallvit.fit.orchestration as orchestration
 from smallvit.cli import app
+from smallvit.config import available_recipes, load_recipe
 from smallvit.data import load_dataset, split_validation
 from smallvit.engine.experiment import content_digest, read_run_config
 from smallvit.fit import Speed, scan_folder
@@ -108,7 +109,10 @@ def test_split_folders_without_val_hold_out_a_seeded_val_split_of_each_train_cla
     result = CliRunner().invoke(app, [*args, "data.val_fraction=0.25", "data.val_seed=3"])
     assert result.exit_code == 0, result.output
     said = "validation: no val/ folder: 25 % of each class of train/ held out at random with seed 3"
-    assert said in " ".join(result.output.split())  # the console wraps long lines
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert said in output
+    not_measured = "recipe: quickstart (rule not-measured: nothing was measured for this kind of folder: 3 classes"
+    assert not_measured in output and "fit therefore trains the baseline quickstart" in output
 
     splits = json.loads((run / "data.json").read_text())["splits"]
     assert splits["val"]["name"] == "train[val 0.25]" and splits["val"]["per_class"] == [2, 3, 3]
@@ -122,8 +126,17 @@ def test_split_folders_without_val_hold_out_a_seeded_val_split_of_each_train_cla
     tests = [record for record in records if record["kind"] == "test"]
     assert len(tests) == 1 and tests[0] is records[-1]  # the test split: evaluated once, at the end
     assert not any(key.startswith("test/") for record in records[:-1] for key in record)
-    assert json.loads((run / "fit.json").read_text())["validation"].startswith("no val/ folder: 25 %")
+    fitted = json.loads((run / "fit.json").read_text())
+    assert fitted["validation"].startswith("no val/ folder: 25 %")
+    assert (fitted["recipe"]["recipe"], fitted["recipe"]["rule"], fitted["recipe"]["max_image_size"]) == (
+        "quickstart",
+        "not-measured",
+        224,
+    )
+    assert read_run_config(run).model.preset == load_recipe("quickstart").stages[0].model.preset
     report = (run / "report.md").read_text()
+    assert "| recipe | `quickstart` | `not-measured` | nothing was measured for this kind of folder: " in report
+    assert "Nothing was measured for this kind of folder: 3 classes (measured: 10)" in report
     assert "| class | train | test | trained | val, held out of train/ |" in report
     assert "| circle | 7 | 1 | 5 | 2 |" in report and "| stripes | 12 | 2 | 9 | 3 |" in report
     assert f"| validation | {said.removeprefix('validation: ')}" in report
@@ -153,6 +166,15 @@ def test_an_unreadable_file_stops_fit_unless_skipped(tmp_path):
     assert result.exit_code != 0
     message = str(result.exception)
     assert "broken.jpg" in message and "--on-bad-file skip" in message and "\n" not in message
+
+
+def test_an_unknown_recipe_is_one_line_listing_the_shipped_recipes_before_any_work(tmp_path):
+    folder, run = make_image_folder(tmp_path / "images", per_class=2, broken=False), tmp_path / "run"
+    result = CliRunner().invoke(app, ["fit", str(folder), "--recipe", "small_data", "--output", str(run)])
+    message = str(result.exception)
+    assert result.exit_code != 0 and "\n" not in message and result.output == ""  # not even the folder scanned
+    assert message == f"--recipe 'small_data' is not a shipped recipe: choose one of {', '.join(available_recipes())}"
+    assert not run.exists()
 
 
 def test_too_few_epochs_are_refused_in_one_line_before_any_work(tmp_path):
@@ -213,18 +235,20 @@ def test_a_fit_slower_than_measured_still_ends_within_its_budget(tmp_path, monke
 def test_fit_of_small_images_trains_the_conv_tokenizer_and_its_export_predicts(tmp_path):
     folder = make_image_folder(tmp_path / "images", per_class=10, broken=False, sizes=((32, 32), (36, 40)))
     run = tmp_path / "run"
-    args = ["fit", str(folder), "--epochs", "1", "--force", "--output", str(run), "--quiet", "model.overrides.depth=1"]
-    result = CliRunner().invoke(app, args)
+    args = ["fit", str(folder), "--epochs", "1", "--force", "--output", str(run), "--quiet", "--recipe", "small-data"]
+    result = CliRunner().invoke(app, [*args, "model.overrides.depth=1"])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # the console wraps long lines
-    assert "recipe: small-data (rule small-data:" in output and "--force: training anyway (--epochs 1 is" in output
+    assert "recipe: small-data (rule given: given with --recipe)" in output
+    assert "--force: training anyway (--epochs 1 is" in output
     fitted = json.loads((run / "fit.json").read_text())
     assert (fitted["recipe"]["recipe"], fitted["recipe"]["overrides"]) == ("small-data", [])
+    assert (fitted["recipe"]["rule"], fitted["recipe"]["max_image_size"]) == ("given", 112)
     assert fitted["geometry"]["patch_size"] == 4 and fitted["forced"]
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["model"]["preset"], config["model"]["pos_embed"]) == ("vit_lite_conv", False)
     assert (config["train"]["batch_size"], config["optim"]["lr"]) == (16, pytest.approx(1e-3 * 16 / 128))
-    assert "| recipe | `small-data` | `small-data` |" in (run / "report.md").read_text()
+    assert "| recipe | `small-data` | `given` |" in (run / "report.md").read_text()
     table = tmp_path / "predictions.csv"
     result = CliRunner().invoke(app, ["predict", str(run / "export"), str(folder / "circle"), "--csv", str(table)])
     assert result.exit_code == 0, result.output
@@ -237,14 +261,15 @@ def test_fit_within_its_budget_then_predict_plot_and_eval(tmp_path):
     run = tmp_path / "run"
     budget = 60
     args = ["fit", str(folder), "--budget", f"{budget}s", "--output", str(run), "--on-bad-file", "skip", "--quiet"]
-    result = CliRunner().invoke(app, [*args, "--force", "model.overrides.depth=1"])  # 2 steps an epoch: too few
+    args += ["--recipe", "small-data", "--force", "model.overrides.depth=1"]  # 2 steps an epoch: too few
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "geometry: 64 px, patch 8" in result.output  # median shorter side 60 px
-    assert "recipe: small-data (rule small-data" in result.output
+    assert "recipe: small-data (rule given: given with --recipe)" in result.output
 
     fitted = json.loads((run / "fit.json").read_text())
     assert fitted["geometry"]["image_size"] == 64 and fitted["recipe"]["recipe"] == "small-data"
-    assert fitted["recipe"]["rule"] == "small-data" and fitted["batch"]["batch_size"] == 16
+    assert fitted["recipe"]["rule"] == "given" and fitted["batch"]["batch_size"] == 16
     assert fitted["plan"]["planned_s"] <= budget and fitted["speed"]["timed_steps"] >= 5
     assert sum(fitted["plan"]["fit_parts"].values()) + fitted["plan"]["train_s"] == pytest.approx(budget, abs=0.1)
     # the budget is used, and kept to within B + 20 %, unless other work on this shared machine slowed the epochs

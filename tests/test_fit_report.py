@@ -1,6 +1,8 @@
 """What ``smallvit fit`` prints and writes: the folder for few and many classes, one line per choice with its rule,
-the evidence in ``report.md``, and balanced accuracy beside top-1 on an unbalanced test split."""
+the evidence in ``report.md`` (of the rule that fired, of the fallback for a folder no rule measured, of a recipe
+given with ``--recipe``), and balanced accuracy beside top-1 on an unbalanced test split."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from smallvit.fit import (
     class_overview,
     geometry_line,
     given_epochs,
+    given_recipe,
     plan_line,
     recipe_line,
     write_report,
@@ -88,18 +91,39 @@ def test_each_choice_is_one_console_line_with_its_rule_and_the_evidence_goes_to_
         batch_line(result.batch),
         plan_line(result.plan),
     ]
-    rules = ["(rule small-data: ", "(rule median-side-grid-8: ", "(rule batch-tenth: ", "(rule given-epochs: "]
+    rules = ["(rule not-measured: ", "(rule median-side-grid-8: ", "(rule batch-tenth: ", "(rule given-epochs: "]
     for line, rule in zip(lines, rules):
         assert rule in line and "\n" not in line, line
+    assert lines[0].startswith("recipe: quickstart (rule not-measured: nothing was measured for this kind of folder")
     assert lines[2].startswith("batch: 16, lr 0.000125") and lines[3].startswith("training: 10.0 epochs, 20 steps")
-    shown = result.recipe.evidence[1].shows
+    shown = result.recipe.evidence[0].shows
     assert not any(shown in line for line in lines)  # the evidence is not on the console...
     report = write_report(result).read_text()
-    assert "## Evidence" in report and f"{result.recipe.evidence[1].citation}: {shown}" in report  # ...but here
-    assert "Nothing was measured on folders like this one in: 2 classes (results: 10)" in report
+    assert "## Evidence" in report and f"{result.recipe.evidence[0].citation}: {shown}" in report  # ...but here
+    outside = "2 classes (measured: 10), 9.5 training images per class (measured: 204)"  # 19 after validation
+    assert f"Nothing was measured for this kind of folder: {outside}, more than a factor of 2 from what" in report
+    assert "fit therefore trains the baseline `quickstart`. What each rule was measured on:" in report
+    kind = "measured on 10 classes, 204 training images per class, 32–224 px median shorter side; fires for 5–20 "
+    assert f"- rule `small-data` (`small-data`): {kind}" in report
     assert "- 20 optimizer steps of 16 images, equal to 10 epochs of 2 steps" in report
     assert "| batch | 16, lr 0.000125 | `batch-tenth` |" in report
     assert "balanced" not in report  # a balanced test split: top-1 alone
+
+
+def test_the_report_cites_the_rule_that_fired_or_says_the_recipe_was_given(tmp_path):
+    result = _result(tmp_path, [4, 4], None)
+    result.recipe = choose_recipe(2040, 10, 32)  # a folder of the kind the small-data rule was measured on
+    fired = write_report(result).read_text()
+    assert "| recipe | `small-data` | `small-data` |" in fired and "Nothing was measured" not in fired
+    assert "Rule `small-data` rests on these results (docs/results.md):" in fired
+    for evidence in result.recipe.evidence:
+        assert f"- {evidence.citation}: {evidence.shows}" in fired
+
+    result = replace(result, recipe=given_recipe("small-data"))
+    given = write_report(result).read_text()
+    assert "| recipe | `small-data` | `given` | given with --recipe |" in given
+    assert "The recipe was given with `--recipe`; no rule chose it." in given and "- rule `small-data`" in given
+    assert "rests on these results" not in given
 
 
 def test_balanced_accuracy_is_the_mean_per_class_recall():

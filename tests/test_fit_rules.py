@@ -1,7 +1,6 @@
 """``smallvit fit``'s rules (pure functions and a table, pinned on cases a reader can check by hand), and the
 ``small-data`` recipe they name."""
 
-import math
 import re
 
 import pytest
@@ -9,17 +8,19 @@ import torch
 from typer.testing import CliRunner
 
 from smallvit.cli import app
-from smallvit.config import load_recipe
-from smallvit.errors import DataError
+from smallvit.config import available_recipes, load_recipe
+from smallvit.errors import ConfigError, DataError
 from smallvit.fit import (
+    FALLBACK_RULE,
     RECIPE_RULES,
     RESULTS_PAGE,
     SMALL_DATA_RECIPE,
+    Kind,
     RecipeRule,
     choose_batch,
     choose_geometry,
     choose_recipe,
-    unmeasured,
+    given_recipe,
 )
 from smallvit.models import build_backbone
 
@@ -74,59 +75,136 @@ def test_geometry_fits_the_decoded_images_in_memory():
 # ---------------------------------------------------------------- recipe
 
 
-def test_recipe_rule_by_images_per_class():
+NOTHING_MEASURED = "nothing was measured for this kind of folder: "
+
+
+def test_the_folders_the_results_measured_get_small_data_and_other_kinds_the_baseline():
     small = choose_recipe(num_train=2040, num_classes=10, median_side=32)  # the CIFAR-10 sample of the evidence
     assert (small.recipe, small.rule, small.overrides, small.max_image_size) == ("small-data", "small-data", (), 112)
-    assert small.text == "small-data"
+    assert small.text == "small-data" and small.unmeasured == ()
+    assert small.reason.startswith("10 classes, 204 training images per class, median shorter side 32 px: the kind ")
     assert "conv tokenizer without a position embedding" in small.reason
     assert "results: imagenette-40ep, row conv-tokenizer-relvit-joint-no-pe-equal-time" in small.reason
-    assert RESULTS_PAGE in small.reason and "not measured" not in small.reason  # 10 classes, 204 per class, 32 px
-    assert choose_recipe(num_train=3000, num_classes=3).rule == "small-data"  # exactly 1,000 per class
-    more = choose_recipe(num_train=3003, num_classes=3)
-    assert (more.recipe, more.rule, more.overrides, more.max_image_size) == ("quickstart", "more-data", (), 224)
-    assert "(more than 1000)" in more.reason and "no result yet" in more.reason
+    assert RESULTS_PAGE in small.reason and "nothing was measured" not in small.reason
 
-
-def test_rule_reasons_cite_results_rows_and_copy_no_figures():
-    for num_train in (100, 2040, 30_000):
-        choice = choose_recipe(num_train=num_train, num_classes=10, median_side=112)
-        assert not FIGURE.search(choice.reason), choice.reason
-        for evidence in choice.evidence:
-            assert not FIGURE.search(evidence.shows), evidence
-    studies = {evidence.study for rule in RECIPE_RULES for evidence in rule.evidence}
-    assert "results: imagenette-40ep" in studies and "results: cifar10-60ep" in studies
-
-
-def test_the_rule_table_is_data_the_first_rule_that_holds_the_folder_fires():
-    rules = (
-        RecipeRule("tiny", "quickstart", max_per_class=50, max_image_size=64, why="few images"),
-        RecipeRule("rest", "supervised", max_per_class=math.inf, max_image_size=224, why="the others"),
+    caltech = choose_recipe(num_train=101 * 20, num_classes=101, median_side=144)  # 101 classes of 20 photos
+    assert (caltech.recipe, caltech.rule, caltech.overrides, caltech.max_image_size) == (
+        "quickstart",
+        "not-measured",
+        (),
+        224,
     )
-    tiny = choose_recipe(num_train=500, num_classes=10, rules=rules)
-    rest = choose_recipe(num_train=510, num_classes=10, rules=rules)
-    assert (tiny.rule, tiny.recipe, tiny.max_image_size) == ("tiny", "quickstart", 64)
-    assert (rest.rule, rest.recipe) == ("rest", "supervised") and "(more than 50)" in rest.reason
+    outside = "101 classes (measured: 10), 20 training images per class (measured: 204)"
+    assert caltech.reason.startswith(NOTHING_MEASURED + outside + ", more than a factor of 2 from what rule small-data")
+    assert "fit therefore trains the baseline quickstart (the crop + flip baseline" in caltech.reason
+    assert "results: equal-time-caltech101, rows small-data, weak" in caltech.reason
+    assert caltech.unmeasured == (f"{outside}, more than a factor of 2 from what rule small-data was measured on",)
+    assert caltech.evidence == FALLBACK_RULE.evidence
+
+
+def test_a_kind_holds_each_property_within_a_factor_of_two_of_what_was_measured():
+    (rule,) = RECIPE_RULES
+    assert rule.kind == Kind(classes=(10, 10), per_class=(204, 204), median_side=(32, 224))
+    assert rule.kind.measured == "10 classes, 204 training images per class, 32–224 px median shorter side"
+    assert rule.kind.bounds == "5–20 classes, 102–408 training images per class, 16–448 px median shorter side"
 
 
 @pytest.mark.parametrize(
-    ("classes", "per_class", "side", "notes"),
+    ("classes", "per_class", "side", "outside"),
     [
         (10, 204, 112, []),  # imagenette-2040 as it was measured
-        (100, 204, 112, ["100 classes (results: 10)"]),
-        (10, 5, 112, ["5 training images per class (results: 204)"]),
-        (10, 204, 3000, ["3000 px median shorter side (results: 32–224)"]),
+        (5, 102, 16, []),  # every lower edge: half of what was measured
+        (20, 408, 448, []),  # every upper edge: twice
+        (4, 204, 112, ["4 classes (measured: 10)"]),
+        (21, 204, 112, ["21 classes (measured: 10)"]),
+        (10, 101, 112, ["101 training images per class (measured: 204)"]),
+        (10, 409, 112, ["409 training images per class (measured: 204)"]),
+        (10, 204, 15, ["15 px median shorter side (measured: 32–224)"]),
+        (10, 204, 449, ["449 px median shorter side (measured: 32–224)"]),
+        (10, 204, None, []),  # an unknown median side is not checked
+        (
+            3,
+            1001,
+            3000,
+            [
+                "3 classes (measured: 10)",
+                "1001 training images per class (measured: 204)",
+                "3000 px median shorter side (measured: 32–224)",
+            ],
+        ),
     ],
 )
-def test_folders_outside_what_was_measured_are_named_in_the_reason(classes, per_class, side, notes):
-    assert unmeasured(classes, per_class, side) == notes
+def test_the_factor_of_two_edges_of_the_small_data_kind(classes, per_class, side, outside):
+    assert RECIPE_RULES[0].kind.outside(classes, per_class, side) == outside
     choice = choose_recipe(num_train=classes * per_class, num_classes=classes, median_side=side)
-    assert choice.rule == "small-data"  # the decision is kept; the reason says what was not measured
-    assert ("not measured: " + ", ".join(notes) in choice.reason) if notes else ("not measured" not in choice.reason)
+    if not outside:
+        assert (choice.rule, choice.recipe) == ("small-data", "small-data") and "nothing" not in choice.reason
+        return
+    assert (choice.rule, choice.recipe, choice.max_image_size) == ("not-measured", "quickstart", 224)
+    assert choice.reason.startswith(NOTHING_MEASURED + ", ".join(outside) + ", more than a factor of 2 from")
+
+
+def test_images_per_class_just_past_an_edge_are_not_rounded_into_the_kind():
+    choice = choose_recipe(num_train=2043, num_classes=5, median_side=112)  # 408.6 per class
+    assert choice.rule == "not-measured"
+    assert choice.reason.startswith(NOTHING_MEASURED + "408.6 training images per class (measured: 204)")
+
+
+def test_rule_reasons_cite_results_rows_and_copy_no_figures():
+    for num_train, num_classes in ((100, 10), (2040, 10), (30_000, 10), (2020, 101)):
+        choice = choose_recipe(num_train=num_train, num_classes=num_classes, median_side=112)
+        assert not FIGURE.search(choice.reason), choice.reason
+        for evidence in choice.evidence:
+            assert not FIGURE.search(evidence.shows), evidence
+    studies = {evidence.study for rule in (*RECIPE_RULES, FALLBACK_RULE) for evidence in rule.evidence}
+    assert "results: imagenette-40ep" in studies and "results: cifar10-60ep" in studies
+    assert "results: equal-time-caltech101" in studies
+
+
+def test_the_rule_table_is_data_the_first_rule_whose_kind_holds_the_folder_fires():
+    rules = (
+        RecipeRule("few", "supervised", Kind((2, 4), (10, 20), (32, 64)), max_image_size=64, why="few images"),
+        RecipeRule("cifar", "relvit", Kind((10, 10), (20, 50), (32, 32)), max_image_size=32, why="like CIFAR"),
+    )
+    few = choose_recipe(num_train=5 * 10, num_classes=5, median_side=40, rules=rules)  # in both kinds: the first
+    cifar = choose_recipe(num_train=10 * 80, num_classes=10, median_side=40, rules=rules)
+    neither = choose_recipe(num_train=100 * 5, num_classes=100, median_side=40, rules=rules)
+    assert (few.rule, few.recipe, few.max_image_size) == ("few", "supervised", 64)
+    assert (cifar.rule, cifar.recipe, cifar.max_image_size) == ("cifar", "relvit", 32)
+    assert (neither.rule, neither.recipe, neither.max_image_size) == ("not-measured", "quickstart", 224)
+    assert neither.unmeasured == (
+        "100 classes (measured: 2–4), more than a factor of 2 from what rule few was measured on",
+        "100 classes (measured: 10), 5 training images per class (measured: 20–50), more than a factor of 2 from what "
+        "rule cifar was measured on",
+    )
+    assert neither.reason.startswith(NOTHING_MEASURED + "; ".join(neither.unmeasured) + "; fit therefore trains")
+    fallback = RecipeRule("other", "supervised", None, max_image_size=96, why="the rest")
+    other = choose_recipe(num_train=100 * 5, num_classes=100, rules=rules, fallback=fallback)
+    assert (other.rule, other.recipe, other.max_image_size) == ("other", "supervised", 96)
+
+
+def test_a_recipe_given_with_recipe_overrides_the_rules_at_the_size_of_the_rule_naming_it():
+    assert given_recipe("small-data") == given_recipe(SMALL_DATA_RECIPE)
+    small = given_recipe("small-data")
+    assert (small.recipe, small.rule, small.reason, small.max_image_size) == (
+        "small-data",
+        "given",
+        "given with --recipe",
+        112,
+    )
+    assert given_recipe("quickstart").max_image_size == 224  # the fallback rule's recipe
+    assert given_recipe("relvit").max_image_size == 224  # named by no rule
+    with pytest.raises(ConfigError) as raised:
+        given_recipe("smalldata")
+    message = str(raised.value)
+    assert message.startswith("--recipe 'smalldata' is not a shipped recipe: choose one of ") and "\n" not in message
+    assert message.endswith(", ".join(available_recipes()))
 
 
 @pytest.mark.parametrize("side", [32, 60, 90, 100, 112, 500])
 def test_the_small_data_recipe_builds_at_every_geometry_it_allows(side):
-    choice = choose_recipe(num_train=100, num_classes=10)
+    choice = choose_recipe(num_train=2040, num_classes=10)
+    assert choice.rule == "small-data"
     geometry = choose_geometry([side], max_size=choice.max_image_size)
     backbone = build_backbone(
         "vit_lite_conv", img_size=geometry.image_size, patch_size=geometry.patch_size, pos_embed=False, depth=1

@@ -231,6 +231,7 @@ def export(
 @app.command(
     epilog="Examples:\n\n  smallvit fit photos/ --budget 15m\n\n  smallvit fit photos/ --epochs 30 --device cuda"
     "\n\n  smallvit fit scans/ --budget 1h --on-bad-file skip --output runs/scans"
+    "\n\n  smallvit fit photos/ --recipe small-data   # this recipe instead of the rule's choice"
     "\n\n  smallvit fit photos/ model.preset=vit_tiny   # fit's choices, then any override",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
 )
@@ -244,6 +245,9 @@ def fit(
         ),
     ] = "15m",
     epochs: Annotated[int | None, typer.Option(help="Train this many epochs instead of filling --budget.")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="Train this shipped recipe (smallvit recipes) instead of the rule's choice.")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Train even a plan of fewer than 10 epochs or 200 optimizer steps.")
     ] = False,
@@ -277,6 +281,7 @@ def fit(
         output=output,
         on_bad_file=on_bad_file,
         overrides=overrides or [],
+        recipe=recipe,
         force=force,
         quiet=quiet,
         console=console,

@@ -5,8 +5,9 @@
 1. :func:`scan_folder` (:mod:`~smallvit.fit.scan`) — the folder's layout, classes, image counts, sizes, modes and
    unreadable files (headers only);
 2. :func:`choose_recipe`, :func:`choose_geometry` and :func:`choose_batch` (:mod:`~smallvit.fit.rules`) — the recipe
-   (by a table of rules that cite the results they rest on), the image size, patch size and channels, and the batch
-   size and learning rate, each with its rule id and reason;
+   (by a table of rules, each measured on a kind of folder and citing the results it rests on; a folder of no
+   measured kind gets the crop + flip baseline; ``--recipe`` overrides them: :func:`given_recipe`), the image size,
+   patch size and channels, and the batch size and learning rate, each with its rule id and reason;
 3. decoding every split once into the decoded-split cache (timed, reported, not counted in the budget);
 4. :func:`measure_speed` (:mod:`~smallvit.fit.speed`) — optimizer steps of the chosen model at the chosen size after
    a warm-up one, an evaluation batch and a checkpoint write; :func:`plan_epochs` (:mod:`~smallvit.fit.plan`) — the
@@ -50,10 +51,12 @@ from smallvit.fit.report import (
 )
 from smallvit.fit.result import FitResult
 from smallvit.fit.rules import (
+    BASELINE_RECIPE,
     CONV_TOKENIZER_MAX_SIZE,
     DECODED_MEMORY_BYTES,
+    FALLBACK_RULE,
+    KIND_FACTOR,
     MAX_IMAGE_SIZE,
-    MEASURED,
     MIN_IMAGE_SIZE,
     RECIPE_RULES,
     RESULTS_PAGE,
@@ -62,22 +65,24 @@ from smallvit.fit.rules import (
     BatchChoice,
     Evidence,
     Geometry,
-    Measured,
+    Kind,
     RecipeChoice,
     RecipeRule,
     choose_batch,
     choose_geometry,
     choose_recipe,
-    unmeasured,
+    given_recipe,
 )
 from smallvit.fit.scan import FolderSummary, check_folder, scan_folder
 from smallvit.fit.speed import Speed, measure_speed
 
 __all__ = [
+    "BASELINE_RECIPE",
     "CONV_TOKENIZER_MAX_SIZE",
     "DECODED_MEMORY_BYTES",
+    "FALLBACK_RULE",
+    "KIND_FACTOR",
     "MAX_IMAGE_SIZE",
-    "MEASURED",
     "MIN_EPOCHS",
     "MIN_IMAGE_SIZE",
     "MIN_STEPS",
@@ -92,7 +97,7 @@ __all__ = [
     "FitResult",
     "FolderSummary",
     "Geometry",
-    "Measured",
+    "Kind",
     "RecipeChoice",
     "RecipeRule",
     "Speed",
@@ -110,6 +115,7 @@ __all__ = [
     "fit_parts",
     "geometry_line",
     "given_epochs",
+    "given_recipe",
     "measure_speed",
     "parse_duration",
     "plan_epochs",
@@ -118,7 +124,6 @@ __all__ = [
     "scan_folder",
     "summary_lines",
     "too_little",
-    "unmeasured",
     "validation_source",
     "write_report",
 ]

@@ -27,7 +27,15 @@ from smallvit.fit.report import (
     write_report,
 )
 from smallvit.fit.result import FitResult
-from smallvit.fit.rules import BatchChoice, Geometry, RecipeChoice, choose_batch, choose_geometry, choose_recipe
+from smallvit.fit.rules import (
+    BatchChoice,
+    Geometry,
+    RecipeChoice,
+    choose_batch,
+    choose_geometry,
+    choose_recipe,
+    given_recipe,
+)
 from smallvit.fit.scan import FolderSummary, check_folder, scan_folder
 from smallvit.fit.speed import Speed, measure_speed
 
@@ -81,12 +89,17 @@ def validation_source(summary: FolderSummary, data: DataConfig) -> str:
 
 
 def choose(
-    summary: FolderSummary, device: str, on_bad_file: str, overrides: Sequence[str], console: Console
+    summary: FolderSummary,
+    device: str,
+    on_bad_file: str,
+    overrides: Sequence[str],
+    console: Console,
+    given: RecipeChoice | None = None,
 ) -> Choices:
-    """The recipe, geometry and batch for the folder, each printed on one line with its rule and reason. The batch
-    rule reads the recipe's batch and learning rate with the user's overrides applied (theirs win)."""
-    num_classes, median_side = len(summary.classes), summary.median_side
-    recipe = choose_recipe(summary.train_count(), num_classes, median_side)
+    """The recipe (``given``, from ``--recipe``, else by the rules), geometry and batch for the folder, each printed
+    on one line with its rule and reason. The batch rule reads the recipe's batch and learning rate with the user's
+    overrides applied (theirs win)."""
+    recipe = given or choose_recipe(summary.train_count(), len(summary.classes), summary.median_side)
     geometry = choose_geometry(summary.short_sides, num_images=summary.total, max_size=recipe.max_image_size)
     chosen = [*fit_overrides(summary, geometry, device, on_bad_file), *recipe.overrides]
     as_given = load_recipe(recipe.recipe, [*chosen, *overrides]).stages[0]
@@ -169,12 +182,14 @@ def fit_folder(
     runs_dir: Path = Path("runs"),
     on_bad_file: str = "error",
     overrides: Sequence[str] = (),
+    recipe: str | None = None,
     force: bool = False,
     quiet: bool = False,
     console: Console | None = None,
 ) -> FitResult:
     """Scan ``folder``, choose, decode, measure and plan, train, export and report; see :mod:`smallvit.fit`.
 
+    recipe: a shipped recipe's name to train instead of the one the rules choose (``--recipe``; rule ``given``).
     overrides: ``key=value`` settings applied after fit's own choices (``model.preset=vit_tiny``), as ``smallvit
         train`` takes them; the report lists them.
     force: train a plan of fewer than 10 epochs or 200 optimizer steps instead of refusing it.
@@ -182,12 +197,13 @@ def fit_folder(
     console = console or Console()
     if epochs is not None and epochs <= 0:
         raise ConfigError(f"--epochs {epochs} must be at least 1")
+    given = None if recipe is None else given_recipe(recipe)
     summary = scan_folder(folder)
     console.print(class_overview(summary), **_SAY)
     for line in summary_lines(summary):
         console.print(line, **_SAY)
     check_folder(summary, on_bad_file)
-    choices = choose(summary, device, on_bad_file, overrides, console)
+    choices = choose(summary, device, on_bad_file, overrides, console, given)
     validation = validation_source(summary, choices.config.data)
     console.print(f"validation: {validation}", **_SAY)
     plan = speed = None

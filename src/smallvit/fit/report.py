@@ -11,7 +11,7 @@ from rich.table import Table
 
 from smallvit.fit.plan import EpochPlan
 from smallvit.fit.result import FitResult
-from smallvit.fit.rules import RESULTS_PAGE, BatchChoice, Geometry, RecipeChoice
+from smallvit.fit.rules import KIND_FACTOR, RECIPE_RULES, RESULTS_PAGE, BatchChoice, Geometry, RecipeChoice, cite
 from smallvit.fit.scan import FolderSummary, distribution
 
 MAX_TABLE_CLASSES = 20  # more classes: one line of images per class (min / median / max) instead of a table
@@ -157,19 +157,36 @@ def _choices_section(result: FitResult) -> list[str]:
         f"| augmentation | random crop (padding {geometry.patch_size} px = one patch) + flip | | the recipe's, "
         "shifted by up to one patch at every size as at 32 px / patch 4 |",
         "",
-        "The rules are data in `smallvit/fit/rules.py` (`RECIPE_RULES`, `choose_geometry`, `choose_batch`) and "
-        f"`smallvit/fit/plan.py`; the exact run is `config.yaml`, the overrides `{' '.join(result.overrides)}`.",
+        "The rules are data in `smallvit/fit/rules.py` (`RECIPE_RULES`, `FALLBACK_RULE`, `choose_geometry`, "
+        f"`choose_batch`) and `smallvit/fit/plan.py`; the exact run is `config.yaml`, the overrides "
+        f"`{' '.join(result.overrides)}`.",
         "",
     ]
 
 
 def _evidence_section(recipe: RecipeChoice) -> list[str]:
-    lines = ["## Evidence", "", f"Rule `{recipe.rule}` rests on these results ({RESULTS_PAGE}):", ""]
+    lines = ["## Evidence", ""]
+    if recipe.rule == "given":
+        lines += [f"The recipe was given with `--recipe`; no rule chose it. The rules' results ({RESULTS_PAGE}):", ""]
+        return [*lines, *_rule_lines(), ""]
+    if recipe.unmeasured:
+        lines += ["Nothing was measured for this kind of folder: " + "; ".join(recipe.unmeasured) + "."]
+        lines += [f"fit therefore trains the baseline `{recipe.recipe}`. What each rule was measured on:", ""]
+        lines += [*_rule_lines(), ""]
+    lines += [f"Rule `{recipe.rule}` rests on these results ({RESULTS_PAGE}):", ""]
     lines += [f"- {evidence.citation}: {evidence.shows}" for evidence in recipe.evidence] or ["- none yet"]
-    if "not measured:" in recipe.reason:
-        note = recipe.reason.split("not measured: ", 1)[1]
-        lines += ["", f"Nothing was measured on folders like this one in: {note}; the rule keeps its decision."]
     return [*lines, ""]
+
+
+def _rule_lines() -> list[str]:
+    """One line per rule of the recipe table: its recipe, the kind of folder it was measured on and the folders it
+    fires for."""
+    return [
+        f"- rule `{rule.id}` (`{rule.recipe}`): measured on {rule.kind.measured}; fires for {rule.kind.bounds} (each "
+        f"within a factor of {KIND_FACTOR}); {cite(rule.evidence)}"
+        for rule in RECIPE_RULES
+        if rule.kind
+    ]
 
 
 def _budget_lines(result: FitResult) -> list[str]:

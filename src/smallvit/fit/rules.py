@@ -1,10 +1,16 @@
 """What ``smallvit fit`` chooses from the folder: the recipe, the image geometry and the batch.
 
-The rules are data: :data:`RECIPE_RULES` is a table of rules, each with an id, the recipe it names, when it applies
-and the results rows it rests on (:class:`Evidence`, cited by study and row name; the figures are in the results
-pages, ``docs/results.md``, not here). :data:`MEASURED` holds the range of folders the results were measured on: a
-folder outside it gets a ``not measured`` note in the reason, and the rules keep their decision there rather than
-extrapolate a gain (the plain baseline above the small-data range, at most 112 px for the conv tokenizer).
+The rules are data: :data:`RECIPE_RULES` is a table of rules, each with an id, the recipe it names, the kind of
+folder its results were measured on and the results rows it rests on (:class:`Evidence`, cited by study and row name;
+the figures are in the results pages, ``docs/results.md``, not here). The first rule whose kind holds the folder fires;
+a folder that no rule's kind holds gets :data:`FALLBACK_RULE`, the crop + flip baseline ``quickstart``, with a reason
+that says nothing was measured for this kind of folder and which of its properties lie outside.
+
+The kind of a folder: its number of classes, its training images per class and the median shorter side of its images
+in px. A rule's :class:`Kind` holds the range of each property its results were measured on; a folder counts as that
+kind when each property lies within a factor of two (:data:`KIND_FACTOR`) of the range, from half the lowest value
+measured to twice the highest. ``small-data`` was measured on 10 classes of 204 training images, 32–224 px, so it
+holds 5–20 classes, 102–408 images per class and 16–448 px.
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smallvit.errors import DataError
+from smallvit.config import available_recipes
+from smallvit.errors import ConfigError, DataError
 
 RESULTS_PAGE = "docs/results.md"
 SMALL_DATA_RECIPE = "small-data"  # the shipped recipe fit trains on small data (recipes/small-data.yaml)
+BASELINE_RECIPE = "quickstart"  # the crop + flip baseline (recipes/quickstart.yaml)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 TOKEN_GRID = 8  # tokens per side aimed at: 8 x 8 = 64, the CIFAR results' grid (32 px / patch 4; imagenette: 7 x 7)
 DECODED_MEMORY_BYTES = 4 * 2**30  # the decoded training images must fit in this much memory
 CONV_TOKENIZER_MAX_SIZE = 112  # the conv tokenizer's largest size measured: imagenette-2040's protocol (patch 16)
 MIN_BATCH = 16
 BATCH_SHARE = 10  # a batch holds at most a tenth of the training images: at least 10 optimizer steps an epoch
+KIND_FACTOR = 2  # a folder is of a rule's kind when each property lies within this factor of the measured range
 
 
 @dataclass(frozen=True)
@@ -39,31 +48,52 @@ class Evidence:
         return f"{self.study}, {'rows' if ', ' in self.row else 'row'} {self.row}"
 
 
+def _number(value: float) -> str:
+    """A count or size as a reader checks it: whole numbers without decimals, others to one decimal."""
+    return f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+
+
+def _span(low: float, high: float) -> str:
+    return _number(low) if low == high else f"{_number(low)}–{_number(high)}"
+
+
 @dataclass(frozen=True)
-class Measured:
-    """The range of one property of a folder that the results were measured on (cifar10-sample, imagenette-2040)."""
+class Kind:
+    """The kind of folder a rule's results were measured on: the range (lowest, highest) of its number of classes,
+    training images per class and median shorter side in px. A folder is of this kind when each property lies within
+    a factor of :data:`KIND_FACTOR` of its range (see the module docstring)."""
 
-    what: str
-    low: float
-    high: float
+    classes: tuple[float, float]
+    per_class: tuple[float, float]
+    median_side: tuple[float, float]
 
+    def _properties(self) -> tuple[tuple[str, tuple[float, float]], ...]:
+        return (
+            ("classes", self.classes),
+            ("training images per class", self.per_class),
+            ("px median shorter side", self.median_side),
+        )
 
-MEASURED = (
-    Measured("classes", 10, 10),
-    Measured("training images per class", 204, 204),
-    Measured("px median shorter side", 32, 224),  # the CIFAR images; the imagenette-2040 files
-)
+    @property
+    def measured(self) -> str:
+        """``"10 classes, 204 training images per class, 32–224 px median shorter side"``."""
+        return ", ".join(f"{_span(*span)} {what}" for what, span in self._properties())
 
+    @property
+    def bounds(self) -> str:
+        """The ranges a folder of this kind lies in: ``"5–20 classes, 102–408 training images per class, ..."``."""
+        return ", ".join(
+            f"{_span(low / KIND_FACTOR, high * KIND_FACTOR)} {what}" for what, (low, high) in self._properties()
+        )
 
-def unmeasured(num_classes: int, per_class: float, median_side: float | None) -> list[str]:
-    """The properties of a folder outside :data:`MEASURED`, each as ``"100 classes (results: 10)"`` (a None
-    value is not checked)."""
-    notes = []
-    for measured, value in zip(MEASURED, (num_classes, per_class, median_side)):
-        if value is not None and not measured.low <= value <= measured.high:
-            span = f"{measured.low:g}" if measured.low == measured.high else f"{measured.low:g}–{measured.high:g}"
-            notes.append(f"{value:.0f} {measured.what} (results: {span})")
-    return notes
+    def outside(self, num_classes: int, per_class: float, median_side: float | None) -> list[str]:
+        """The folder's properties outside this kind, each as ``"101 classes (measured: 10)"`` (a None median side
+        is not checked); empty when the folder is of this kind."""
+        notes = []
+        for (what, (low, high)), value in zip(self._properties(), (num_classes, per_class, median_side)):
+            if value is not None and not low / KIND_FACTOR <= value <= high * KIND_FACTOR:
+                notes.append(f"{_number(value)} {what} (measured: {_span(low, high)})")
+        return notes
 
 
 # ---------------------------------------------------------------- the recipe
@@ -71,11 +101,11 @@ def unmeasured(num_classes: int, per_class: float, median_side: float | None) ->
 
 @dataclass(frozen=True)
 class RecipeRule:
-    """One row of the recipe table: it applies up to ``max_per_class`` training images per class (inclusive)."""
+    """One row of the recipe table: it fires for a folder of its ``kind`` (None: any folder, the fallback)."""
 
     id: str
     recipe: str
-    max_per_class: float
+    kind: Kind | None
     max_image_size: int
     why: str
     evidence: tuple[Evidence, ...] = ()
@@ -86,7 +116,8 @@ RECIPE_RULES: tuple[RecipeRule, ...] = (
     RecipeRule(
         "small-data",
         SMALL_DATA_RECIPE,
-        max_per_class=1000,
+        # the CIFAR-10 sample and imagenette-2040: 10 classes of 204 training images, 32 px and 224 px files
+        kind=Kind(classes=(10, 10), per_class=(204, 204), median_side=(32, 224)),
         max_image_size=CONV_TOKENIZER_MAX_SIZE,
         why="relvit-joint on the conv tokenizer without a position embedding, the best recipe of the results at equal "
         f"time, on images of at most {CONV_TOKENIZER_MAX_SIZE} px",
@@ -123,13 +154,21 @@ RECIPE_RULES: tuple[RecipeRule, ...] = (
             ),
         ),
     ),
-    RecipeRule(
-        "more-data",
-        "quickstart",
-        max_per_class=math.inf,
-        max_image_size=MAX_IMAGE_SIZE,
-        why="the plain supervised baseline: the gains were measured with fewer images per class and are not assumed "
-        "to carry over",
+)
+FALLBACK_RULE = RecipeRule(
+    "not-measured",
+    BASELINE_RECIPE,
+    kind=None,
+    max_image_size=MAX_IMAGE_SIZE,
+    why=f"the crop + flip baseline, on images of at most {MAX_IMAGE_SIZE} px: a gain measured on one kind of folder "
+    "is not assumed on another",
+    evidence=(
+        Evidence(
+            "results: equal-time-caltech101",
+            "small-data, weak",
+            "on 101 classes of 20 photos, a folder outside the small-data rule's kind, the recommended recipe lost to "
+            "the crop + flip baseline (row weak) at equal time",
+        ),
     ),
 )
 
@@ -137,7 +176,8 @@ RECIPE_RULES: tuple[RecipeRule, ...] = (
 @dataclass(frozen=True)
 class RecipeChoice:
     """The recipe :func:`choose_recipe` picked, the overrides it adds, the largest image size to train it at, the
-    id of the rule that fired, why, and the results it rests on."""
+    id of the rule that fired, why, the results it rests on, and (for the fallback) what lay outside each rule's
+    kind of folder."""
 
     recipe: str
     rule: str
@@ -145,6 +185,7 @@ class RecipeChoice:
     overrides: tuple[str, ...] = ()
     max_image_size: int = MAX_IMAGE_SIZE
     evidence: tuple[Evidence, ...] = ()
+    unmeasured: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -161,24 +202,58 @@ def cite(evidence: Sequence[Evidence]) -> str:
 
 
 def choose_recipe(
-    num_train: int, num_classes: int, median_side: float | None = None, rules: Sequence[RecipeRule] = RECIPE_RULES
+    num_train: int,
+    num_classes: int,
+    median_side: float | None = None,
+    rules: Sequence[RecipeRule] = RECIPE_RULES,
+    fallback: RecipeRule = FALLBACK_RULE,
 ) -> RecipeChoice:
-    """The first rule of ``rules`` whose ``max_per_class`` holds this folder's training images per class.
+    """The first rule of ``rules`` whose kind holds this folder (``median_side`` None: not checked), else ``fallback``.
 
-    The reason names the rule's recipe and why, cites its first result, and says which properties of the folder
-    lie outside what the results measured (:func:`unmeasured`; ``median_side`` None: not checked).
+    The reason names the folder, the kind the rule was measured on, the rule's why and its first result; the
+    fallback's says that nothing was measured for this kind of folder and which properties lie outside each rule's
+    kind (also in :attr:`RecipeChoice.unmeasured`), and that fit therefore trains the baseline.
     """
     per_class = num_train / max(num_classes, 1)
-    index = next(i for i, r in enumerate(rules) if per_class <= r.max_per_class)
-    rule = rules[index]
-    bounds = [f"more than {rules[index - 1].max_per_class:g}"] if index else []
-    bounds += [f"at most {rule.max_per_class:g}"] if math.isfinite(rule.max_per_class) else []
-    bound = " and ".join(bounds) or "any number"
-    reason = f"{per_class:.0f} training images per class ({bound}): {rule.why}; {cite(rule.evidence)}"
-    notes = unmeasured(num_classes, per_class, median_side)
-    if notes:
-        reason += "; not measured: " + ", ".join(notes)
-    return RecipeChoice(rule.recipe, rule.id, reason, (), rule.max_image_size, rule.evidence)
+    unmeasured = []
+    for rule in rules:
+        outside = rule.kind.outside(num_classes, per_class, median_side) if rule.kind else []
+        if not outside:
+            side = "" if median_side is None else f", median shorter side {_number(median_side)} px"
+            kind = (
+                f"the kind of folder rule {rule.id} was measured on ({rule.kind.measured}; each within a factor of "
+                f"{KIND_FACTOR})"
+                if rule.kind
+                else f"any folder, rule {rule.id}"
+            )
+            reason = (
+                f"{num_classes} classes, {_number(per_class)} training images per class{side}: {kind}; {rule.why}; "
+                f"{cite(rule.evidence)}"
+            )
+            return RecipeChoice(rule.recipe, rule.id, reason, (), rule.max_image_size, rule.evidence)
+        unmeasured.append(
+            f"{', '.join(outside)}, more than a factor of {KIND_FACTOR} from what rule {rule.id} was measured on"
+        )
+    reason = (
+        f"nothing was measured for this kind of folder: {'; '.join(unmeasured)}; fit therefore trains the baseline "
+        f"{fallback.recipe} ({fallback.why}); {cite(fallback.evidence)}"
+    )
+    return RecipeChoice(
+        fallback.recipe, fallback.id, reason, (), fallback.max_image_size, fallback.evidence, tuple(unmeasured)
+    )
+
+
+def given_recipe(
+    name: str, rules: Sequence[RecipeRule] = RECIPE_RULES, fallback: RecipeRule = FALLBACK_RULE
+) -> RecipeChoice:
+    """The shipped recipe ``name`` given with ``--recipe``, over the rules (rule ``given``), at the largest image
+    size of the rule that names the same recipe (else :data:`MAX_IMAGE_SIZE`); an unknown name is one ConfigError
+    line listing the shipped recipes."""
+    shipped = available_recipes()
+    if name not in shipped:
+        raise ConfigError(f"--recipe {name!r} is not a shipped recipe: choose one of {', '.join(shipped)}")
+    max_size = next((rule.max_image_size for rule in (*rules, fallback) if rule.recipe == name), MAX_IMAGE_SIZE)
+    return RecipeChoice(name, "given", "given with --recipe", (), max_size)
 
 
 # ---------------------------------------------------------------- the geometry
