@@ -162,14 +162,6 @@ FALLBACK_RULE = RecipeRule(
     max_image_size=MAX_IMAGE_SIZE,
     why=f"the crop + flip baseline, on images of at most {MAX_IMAGE_SIZE} px: a gain measured on one kind of folder "
     "is not assumed on another",
-    evidence=(
-        Evidence(
-            "results: equal-time-caltech101",
-            "small-data, weak",
-            "on 101 classes of 20 photos, a folder outside the small-data rule's kind, the recommended recipe lost to "
-            "the crop + flip baseline (row weak) at equal time",
-        ),
-    ),
 )
 
 
