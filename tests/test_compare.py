@@ -23,10 +23,13 @@ from smallvit.compare import (
     curve_style,
     gain,
     mean_std,
+    parse_aliases,
     read_run,
     read_table,
+    rename_runs,
     rows_json,
     rows_table,
+    select_rows,
     table_cells,
     write_report,
 )
@@ -477,11 +480,12 @@ def markdown_tables(text: str) -> list[list[str]]:
 
 
 def test_every_results_table_in_the_readme_is_a_kept_reports_table():
-    """The README's result tables are pasted from the kept reports (``results/intro.md`` at each fold, the rest by
+    """The README's result tables are pasted from the kept reports and tables across datasets (``results/intro.md`` at
+    each fold, the rest by
     ``results/readme_section.py``): a paste that missed a fold, or a figure edited by hand, fails here."""
     kept = [
         table
-        for report in [*REPO.glob("results/*/report.md"), REPO / "results" / "RESULTS.md"]
+        for report in [*REPO.glob("results/*/report.md"), *KEPT_DATASET_TABLES, REPO / "results" / "RESULTS.md"]
         for table in markdown_tables(report.read_text())
     ]
     readme = [table for table in markdown_tables((REPO / "README.md").read_text()) if table[0].startswith("| row |")]
@@ -491,12 +495,13 @@ def test_every_results_table_in_the_readme_is_a_kept_reports_table():
     assert all(table in kept for table in readme)  # the same lines, in the same order
 
 
-def _study(root: Path, dataset: str, results: dict[str, list[float]], epochs: int = 40) -> Path:
-    """A study folder holding only its table: row -> test top-1 of its seeds, on ``dataset``."""
+def _study(root: Path, dataset: str, results: dict[str, list[float]], epochs: int = 40, **stage) -> Path:
+    """A study folder holding only its table: row -> test top-1 of its seeds, on ``dataset`` (row 'weak' its
+    baseline)."""
     runs = root / "runs"
     for row, accuracies in results.items():
         for seed, test in enumerate(accuracies):
-            _run(runs, row, seed, test, test, dataset=dataset, epochs=epochs, baseline=row == "weak")
+            _run(runs, row, seed, test, test, dataset=dataset, epochs=epochs, baseline=row == "weak", **stage)
     write_report(compare_rows(collect_runs([runs]))[0], root / "study")
     shutil.rmtree(runs)
     return root / "study"
@@ -510,21 +515,26 @@ def test_the_table_across_datasets_matches_rows_by_name(tmp_path):
     header, cells = dataset_cells(rows)
     assert header == [
         "row",
-        "cifar10-sample test top-1 % (runs)",
-        "eurosat-2040 test top-1 % (runs)",
-        "caltech101-2020 test top-1 % (runs)",
+        *(f"{d}: test top-1 % (runs) · gain · s/epoch" for d in ("cifar10-sample", "eurosat-2040", "caltech101-2020")),
     ]
-    # weak on eurosat: 70, 70 -> std 0; small-data: 80, 90 -> mean 85, std sqrt(50)
+    # weak on eurosat: 70, 70 -> std 0; small-data: 80, 90 -> mean 85, std sqrt(50), gain 15 ± sqrt(50/2 + 0/2);
+    # 100 s of wall-clock over 40 epochs: 2.5 s/epoch, shown rounded to even
     assert cells == [
-        ["weak", "42.00 ± 2.00 (3)", "70.00 ± 0.00 (2)", "–"],
-        ["small-data", "50.00 (1)", f"85.00 ± {math.sqrt(50):.2f} (2)", "–"],
-        ["resnet18", "–", "–", "30.00 (1)"],
+        ["weak", "42.00 ± 2.00 (3) · baseline · 2 s/epoch", "70.00 ± 0.00 (2) · baseline · 2 s/epoch", "—"],
+        [
+            "small-data",
+            "50.00 (1) · +8.00 · 2 s/epoch",
+            f"85.00 ± {math.sqrt(50):.2f} (2) · +15.00 ± 5.00 · 2 s/epoch",
+            "—",
+        ],
+        ["resnet18", "—", "—", "30.00 (1) · 2 s/epoch"],
     ]
     written = write_dataset_table(rows, tmp_path / "out", command="smallvit compare a b c --by-dataset")
-    assert "| small-data | 50.00 (1) | 85.00 ± 7.07 (2) | – |" in written[0].read_text()
+    assert "| resnet18 | — | — | 30.00 (1) · 2 s/epoch |" in written[0].read_text()
     lines = written[1].read_text().splitlines()
-    assert lines[0] == "row,dataset,runs,test_top1_mean,test_top1_std" and len(lines) == 1 + 5
-    assert lines[2] == "weak,eurosat-2040,2,70.0,0.0" and lines[-1] == "resnet18,caltech101-2020,1,30.0,"
+    header = "row,dataset,runs,test_top1_mean,test_top1_std,gain_mean,gain_std,seconds_per_epoch"
+    assert lines[0] == header and len(lines) == 1 + 5
+    assert lines[2] == "weak,eurosat-2040,2,70.0,0.0,0.0,,2.5" and lines[-1] == "resnet18,caltech101-2020,1,30.0,,,,2.5"
 
 
 def test_the_table_across_datasets_refuses_two_protocols_of_a_row_on_one_dataset(tmp_path):
@@ -542,10 +552,81 @@ def test_cli_compare_by_dataset(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), "--by-dataset", "--json"])
     assert result.exit_code == 0, result.output
     [weak] = json.loads(result.stdout)
-    assert weak["name"] == "weak" and weak["datasets"]["eurosat-2040"] == {"mean": 70.0, "std": None, "runs": 1}
-    assert weak["datasets"]["cifar10-sample"] == {"mean": 41.0, "std": round(math.sqrt(2), 4), "runs": 2}
+    speed = {"gain_mean": 0.0, "gain_std": None, "seconds_per_epoch": 2.5}
+    assert weak["name"] == "weak" and weak["datasets"]["eurosat-2040"] == {"mean": 70.0, "std": None, "runs": 1} | speed
+    assert weak["datasets"]["cifar10-sample"] == {"mean": 41.0, "std": round(math.sqrt(2), 4), "runs": 2} | speed
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), "--by-dataset", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "41.00 ± 1.41 (2)" in result.output and "--by-dataset --output" in (out / "datasets.md").read_text()
     assert not (out / "report.md").exists()
+
+
+def test_aliases_line_up_rows_that_studies_named_differently_and_rows_keeps_some_in_order(tmp_path):
+    cifar = {"weak": [0.40, 0.42, 0.44], "relvit-joint-weak": [0.50, 0.52], "conv-weak": [0.6]}
+    cifar = _study(tmp_path / "a", "cifar10-sample", cifar, epochs=60, wall=120.0)
+    euro = _study(tmp_path / "b", "eurosat-2040", {"weak": [0.70, 0.70], "relvit-joint": [0.80], "other": [0.1]})
+    runs = rename_runs(collect_runs([cifar, euro]), parse_aliases(["relvit-joint-weak=relvit-joint", "conv-weak=conv"]))
+    rows = select_rows(compare_rows(runs)[0], ["relvit-joint", "weak", "conv"])
+    # relvit-joint on cifar: 50, 52 -> 51 ± sqrt(2), gain 51 − 42 ± sqrt(2/2 + 4/3); 120 s / 60 epochs, 100 s / 40
+    assert dataset_cells(rows)[1] == [
+        ["relvit-joint", "51.00 ± 1.41 (2) · +9.00 ± 1.53 · 2 s/epoch", "80.00 (1) · +10.00 · 2 s/epoch"],
+        ["weak", "42.00 ± 2.00 (3) · baseline · 2 s/epoch", "70.00 ± 0.00 (2) · baseline · 2 s/epoch"],
+        ["conv", "60.00 (1) · +18.00 · 2 s/epoch", "—"],
+    ]
+    assert [run.name for run in runs].count("relvit-joint") == 3 and "relvit-joint-weak" not in {r.name for r in runs}
+
+
+def test_bad_aliases_and_unknown_rows_are_errors(tmp_path):
+    cifar = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40], "relvit-joint-weak": [0.50]})
+    runs = collect_runs([cifar])
+    for texts, message in [
+        (["relvit-joint"], "--alias relvit-joint: expected OLD=NEW"),
+        (["=weak"], "expected OLD=NEW"),
+        (["a=b", "a=c"], "row 'a' is renamed twice"),
+    ]:
+        with pytest.raises(SmallViTError, match=message):
+            parse_aliases(texts)
+    with pytest.raises(SmallViTError, match=r"--alias nope=…: no such row \(rows: weak, relvit-joint-weak\)"):
+        rename_runs(runs, {"nope": "x"})
+    with pytest.raises(SmallViTError, match="rows relvit-joint-weak, weak would all be 'weak' on cifar10-sample"):
+        rename_runs(runs, {"relvit-joint-weak": "weak"})
+    assert [r.name for r in rename_runs(runs, {"relvit-joint-weak": "weak", "weak": "base"})] == ["base", "weak"]
+    with pytest.raises(SmallViTError, match="--rows relvit: no such row"):
+        select_rows(compare_rows(runs)[0], ["weak", "relvit"])
+
+
+def test_cli_compare_aliases_and_rows_are_kept_in_the_command(tmp_path, monkeypatch, capsys):
+    cifar = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40], "relvit-joint-weak": [0.50]})
+    euro = _study(tmp_path / "b", "eurosat-2040", {"relvit-joint": [0.80], "weak": [0.70]})
+    out = tmp_path / "out"
+    options = ["--by-dataset", "--alias", "relvit-joint-weak=relvit-joint", "--rows", "relvit-joint,weak"]
+    result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), *options, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    text = (out / "datasets.md").read_text()
+    assert shlex.join([*options, "--output", str(out)]) + "`." in text.split("\n")[2]
+    assert [line.split(" |")[0] for line in text.splitlines() if line.startswith("| ")][1:] == [
+        "| relvit-joint",
+        "| weak",
+    ]
+    monkeypatch.setattr("sys.argv", ["smallvit", "compare", str(cifar), "--rows", "weak,nope"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: --rows nope: no such row")
+
+
+KEPT_DATASET_TABLES = sorted(REPO.glob("results/*/datasets.md"))
+
+
+@pytest.mark.parametrize("table", KEPT_DATASET_TABLES, ids=lambda path: path.parent.name)
+def test_every_kept_table_across_datasets_regenerates_by_its_command(table, tmp_path, monkeypatch):
+    """A kept table across datasets (``smallvit compare STUDY... --by-dataset ... --output results/NAME``) comes back
+    byte for byte from the studies' tables kept in the repository."""
+    monkeypatch.chdir(REPO)
+    command = shlex.split(table.read_text().split("\n")[2].removeprefix("Generated by `").removesuffix("`."))
+    study = table.parent.relative_to(REPO).as_posix()
+    assert command[:2] == ["smallvit", "compare"] and "--by-dataset" in command and command[-2:] == ["--output", study]
+    result = CliRunner().invoke(app, [*command[1:-1], str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name in ("datasets.md", "datasets.csv"):
+        assert (tmp_path / name).read_text().replace(str(tmp_path), study) == (table.parent / name).read_text()

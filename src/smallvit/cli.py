@@ -490,6 +490,13 @@ def compare(
             "--by-dataset", help="One line per row name, one column per dataset (test top-1); --output: datasets.md."
         ),
     ] = False,
+    rows_shown: Annotated[
+        str | None, typer.Option("--rows", help="Only these rows, in this order (names separated by commas).")
+    ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(help="OLD=NEW: rename a row before grouping, so rows of several studies line up (repeatable)."),
+    ] = None,
 ) -> None:
     """Table of runs grouped by row: test/validation top-1 (mean ± std over seeds), gain over a baseline, speed."""
     import json
@@ -497,7 +504,9 @@ def compare(
 
     from smallvit import compare as comparing
 
-    rows, notes = comparing.compare_rows(comparing.collect_runs(paths, checkpoint), baseline=baseline)
+    runs = comparing.rename_runs(comparing.collect_runs(paths, checkpoint), comparing.parse_aliases(alias or []))
+    rows, notes = comparing.compare_rows(runs, baseline=baseline)
+    rows = comparing.select_rows(rows, rows_shown.split(",")) if rows_shown else rows
     for note in notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     as_table, to_json, write = (comparing.rows_table, comparing.rows_json, comparing.write_report)
@@ -511,6 +520,8 @@ def compare(
         command = ["smallvit", "compare", *map(str, paths), *(["--baseline", baseline] if baseline else [])]
         command += ["--checkpoint", checkpoint] if checkpoint != "final" else []
         command += ["--by-dataset"] if by_dataset else []
+        command += [arg for text in alias or [] for arg in ("--alias", text)]
+        command += ["--rows", rows_shown] if rows_shown else []
         written = write(rows, output, command=shlex.join([*command, "--output", str(output)]))
         (err_console if as_json else console).print(f"wrote {', '.join(map(str, written))}", highlight=False)
 

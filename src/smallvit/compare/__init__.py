@@ -29,7 +29,8 @@ unbalanced test split such as Caltech-101's) adds a balanced top-1 column; it is
 
 **Where runs are read from.** Run folders, summary files and studies' tables (``runs.csv`` and ``curves.jsonl.gz``,
 written beside every report: :mod:`smallvit.compare.table`), so a kept report regenerates from its folder alone.
-Modules: :mod:`~smallvit.compare.read` (runs), :mod:`~smallvit.compare.rows` (statistics),
+Modules: :mod:`~smallvit.compare.read` (runs), :mod:`~smallvit.compare.rows` (statistics; renaming rows,
+so that those of several studies line up, and choosing some),
 :mod:`~smallvit.compare.report` (tables, plots, report folder), :mod:`~smallvit.compare.datasets` (one table across
 datasets).
 """
@@ -47,7 +48,7 @@ from smallvit.compare.report import (
     write_report,
 )
 from smallvit.compare.result import BALANCED, CHECKPOINTS, LEGACY_TOP1, TOP1, VAL1, RunResult, Scores
-from smallvit.compare.rows import Row, compare_rows, gain, mean_std
+from smallvit.compare.rows import Row, compare_rows, gain, mean_std, parse_aliases, rename_runs, select_rows
 from smallvit.compare.table import read_table, write_table
 
 __all__ = [
@@ -72,10 +73,13 @@ __all__ = [
     "last_stage_dir",
     "markdown_table",
     "mean_std",
+    "parse_aliases",
     "read_run",
     "read_table",
+    "rename_runs",
     "rows_json",
     "rows_table",
+    "select_rows",
     "table_cells",
     "write_dataset_table",
     "write_report",

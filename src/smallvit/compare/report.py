@@ -18,7 +18,8 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
-def _fmt_gain(row: Row) -> str:
+def gain_text(row: Row) -> str:
+    """The gain column's text: "baseline", the gain ± its std in points, or nothing."""
     if row.baseline:
         return "baseline"
     if row.gain_mean is None:
@@ -47,7 +48,7 @@ def table_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         line = [row.name + (" †" if row.legacy else ""), *([row.label or ""] if labels else []), _runs_text(row)]
         line += [str(row.dataset or "?"), epochs_text(row.epochs), _fmt(row.top1_mean, row.top1_std)]
         line += [_fmt(row.balanced_mean, row.balanced_std)] if balanced else []
-        line += [_fmt(row.val_mean, row.val_std), _fmt_gain(row)]
+        line += [_fmt(row.val_mean, row.val_std), gain_text(row)]
         line += [_fmt(row.knn_mean, None)] if knn else []
         line += [_fmt(row.linear_mean, None)] if linear else []
         line += [f"{row.wall_clock_s:.0f}" if row.wall_clock_s is not None else "–"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smallvit.compare.result import RunResult
 from smallvit.errors import SmallViTError
@@ -245,3 +245,46 @@ def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[li
         row.gain_mean, row.gain_std = (0.0, None) if base is row else gain(row, base)
     baseline_sweeps = {run.sweep for base in bases for run in base.runs}
     return sorted(rows, key=lambda row: (not row.baseline, row.runs[0].sweep not in baseline_sweeps)), notes
+
+
+def parse_aliases(texts: list[str]) -> dict[str, str]:
+    """``OLD=NEW`` texts as a mapping from old row name to new (one-line errors on bad syntax or an old name given
+    twice)."""
+    aliases: dict[str, str] = {}
+    for text in texts:
+        old, equals, new = (part.strip() for part in text.partition("="))
+        if not (old and equals and new):
+            raise SmallViTError(f"--alias {text}: expected OLD=NEW, two row names")
+        if old in aliases:
+            raise SmallViTError(f"--alias {text}: row '{old}' is renamed twice")
+        aliases[old] = new
+    return aliases
+
+
+def rename_runs(runs: list[RunResult], aliases: dict[str, str]) -> list[RunResult]:
+    """The runs with their row names renamed by ``aliases`` (old name -> new; not chained), before they are grouped
+    into rows, so that rows that different studies named differently line up. An old name no run has, or a rename
+    that would average two rows of one dataset together, is an error."""
+    names = dict.fromkeys(run.name for run in runs)
+    unknown = [old for old in aliases if old not in names]
+    if unknown:
+        raise SmallViTError(f"--alias {unknown[0]}=…: no such row (rows: {', '.join(names)})")
+    sources: dict[tuple[str | None, str], set[str]] = {}
+    for run in runs:
+        sources.setdefault((run.dataset, aliases.get(run.name, run.name)), set()).add(run.name)
+    for (dataset, new), olds in sources.items():
+        if len(olds) > 1:
+            raise SmallViTError(f"--alias: rows {', '.join(sorted(olds))} would all be '{new}' on {dataset}")
+    return [replace(run, name=aliases.get(run.name, run.name)) for run in runs]
+
+
+def select_rows(rows: list[Row], names: list[str]) -> list[Row]:
+    """Only the rows ``names`` names (a name shown in the table or a row name), in that order; an unknown name is an
+    error."""
+    chosen = []
+    for name in dict.fromkeys(names):
+        found = [r for r in rows if r.name == name] or [r for r in rows if r.runs[0].name == name]
+        if not found:
+            raise SmallViTError(f"--rows {name}: no such row (rows: {', '.join(dict.fromkeys(r.name for r in rows))})")
+        chosen += found
+    return chosen
