@@ -115,7 +115,8 @@ def main() -> None:
         "batch": fit["batch"],
         "last_lr": lr_end,
         "min_lr": min_lr,
-        "test_top1": summary["final"].get("test/supervised/acc1"),
+        "val_top1": summary["final"].get("val/supervised/acc1"),
+        "test_top1": summary["final"].get("test/supervised/acc1"),  # None: the folder has no test split
         "threads": torch.get_num_threads(),
     }
     entry = record("fit_budget", figures)
