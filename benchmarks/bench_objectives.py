@@ -35,14 +35,18 @@ GEOMETRY = {49: (112, 16), 64: (32, 4), 196: (56, 4)}
 """Token count → (image size, patch size)."""
 
 
-def engine_step(recipe: str, tokens: int, batch_size: int):
-    """One engine optimizer step (fp32) of ``recipe``'s first stage at ``tokens`` tokens, on a fixed batch."""
+def geometry_overrides(tokens: int) -> list[str]:
+    """The bundled sample stored at the image size of ``tokens`` tokens, with its patch size."""
     image_size, patch_size = GEOMETRY[tokens]
+    return [f"data.image_size={image_size}", f"model.patch_size={patch_size}"]
+
+
+def engine_step(recipe: str, overrides: list[str], batch_size: int):
+    """One engine optimizer step (fp32) of ``recipe``'s first stage with ``overrides``, on a fixed batch."""
     overrides = [
+        *overrides,
         "train.precision=fp32",
         f"train.batch_size={batch_size}",
-        f"data.image_size={image_size}",
-        f"model.patch_size={patch_size}",
         f"data.subset.total={batch_size}",
         "data.eval_subset.total=10",
     ]
@@ -109,7 +113,8 @@ def main() -> None:
     load_before = os.getloadavg()
     seconds, ratios = {}, {}
     for tokens in args.tokens:
-        steps = {name: engine_step(name, tokens, args.batch_size) for name in [BASELINE, *args.recipes]}
+        geometry = geometry_overrides(tokens)
+        steps = {name: engine_step(name, geometry, args.batch_size) for name in [BASELINE, *args.recipes]}
         measured = interleaved_seconds(steps, args.repeats, args.steps, args.warmup)
         base = measured[BASELINE]
         seconds[tokens] = {name: {k: round(v, 3) for k, v in m.items()} for name, m in measured.items()}

@@ -130,7 +130,8 @@ class ConvStem(nn.Module):
     transformer block, unlike :class:`ConvTokenizer`, whose stride-1 convolutions run at the image's full size.
 
     Each stride-2 convolution halves the image, so the token grid is the one a ``patch_size`` patch projection
-    gives. Takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``.
+    gives. Takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``. On the CPU
+    it runs in ``channels_last`` memory, as :class:`ConvTokenizer` does (only float rounding changes).
     As with the tokenizer, a token sees beyond its patch, so masked forwards (MAE) are refused.
 
     Example:
@@ -194,6 +195,8 @@ class ConvStem(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         check_stride_input(images, self.img_size, self.patch_size, self.strict_img_size)
+        if images.device.type == "cpu":  # as the tokenizer: oneDNN's kernels are faster in this layout
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.proj(self.stages(images))
         x = x.flatten(2).transpose(1, 2) if self.output_fmt is None else nchw_to(x, self.output_fmt)
         return self.norm(x)

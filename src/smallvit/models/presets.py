@@ -76,6 +76,13 @@ PRESETS: dict[str, Preset] = {
         "pooled feature only (supervised, instance discrimination)",
         changes={"stem": "cifar"},
     ),
+    "resnet18": Preset(
+        "resnet18",
+        "cnn",
+        {},
+        "ResNet-18 with timm's own ImageNet stem (7x7 stride-2 conv + max-pool; 11.2 M params): the CNN reference for "
+        "images of 64 px and more, pooled feature only (supervised, instance discrimination)",
+    ),
 }
 
 
