@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from smallvit.cli import app
 from smallvit.data.pipeline import eval_augmentation
+from smallvit.errors import SmallViTError
 from smallvit.metrics import extract_features, linear_probe_accuracy
 from smallvit.models import build_backbone
-from smallvit.errors import SmallViTError
 from smallvit.runs import cached_features, check_finite, evaluate_run, evaluation_report, load_run, run_features
 
 TINY_IDMM = [

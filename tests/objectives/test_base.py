@@ -273,7 +273,7 @@ def test_a_run_folder_of_mae_with_position_labels_reopens_with_its_heads():
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reopened.state_dict().values()))
 
 
-# ---------------------------------------------------------------- recipes give the losses they gave before the objectives rework
+# ---------------------------------------------------------------- recipes give the losses they gave before a rework
 
 BEFORE = {  # total loss of one step of the recipe on 8 images, computed by the code before the objectives rework
     "relvit-joint": 9.042474746704102,  # supervised + relations + abs_position

@@ -79,8 +79,8 @@ def export_onnx(export_dir: Path) -> Path:
 
 
 def onnx_classifier(path: Path, device: torch.device | None = None) -> Callable[[Tensor], Tensor]:
-    """An ``onnxruntime.InferenceSession`` of ``model.onnx`` as a function of normalised images (any device) to float32 logits
-    on the CPU; on a CUDA ``device`` it runs on the GPU when ONNX Runtime has CUDA support."""
+    """An ``onnxruntime.InferenceSession`` of ``model.onnx`` as a function of normalised images (any device) to
+    float32 logits on the CPU; on a CUDA ``device`` it runs on the GPU when ONNX Runtime has CUDA support."""
     require("onnxruntime")
     import onnxruntime
 
