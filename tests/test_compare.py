@@ -480,9 +480,8 @@ def markdown_tables(text: str) -> list[list[str]]:
 
 
 def test_every_results_table_in_the_readme_is_a_kept_reports_table():
-    """The README's result tables are pasted from the kept reports and tables across datasets (``results/intro.md`` at
-    each fold, the rest by
-    ``results/readme_section.py``): a paste that missed a fold, or a figure edited by hand, fails here."""
+    """The README's result tables are pasted from the kept reports and tables across datasets: a paste that missed a
+    fold, or a figure edited by hand, fails here."""
     kept = [
         table
         for report in [*REPO.glob("results/*/report.md"), *KEPT_DATASET_TABLES, REPO / "results" / "RESULTS.md"]
