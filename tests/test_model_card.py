@@ -2,7 +2,9 @@
 accuracies, balanced and per-class accuracy on an unbalanced test split, and load snippets that run."""
 
 import ast
+import functools
 import json
+import os
 import re
 
 import pytest
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 from smallvit.cli import app
 from smallvit.config import load_recipe
 from smallvit.engine.pictures import class_summary, predict_split
+from smallvit.export import card
 from smallvit.export.card import class_accuracy, recipe_changes, timm_snippet, write_model_card
 from smallvit.models import build_backbone, create_timm_model, export_timm
 from smallvit.runs import load_run
@@ -124,3 +127,24 @@ def test_per_class_accuracy_comes_from_the_runs_analysis_when_it_read_the_same_s
     analysis["confusion"] = [[1, 1], [0, 3]]
     (tmp_path / "analysis.json").write_text(json.dumps(analysis))
     assert class_accuracy(tmp_path, "best", "val") == ({"a": 0.5, "b": 1.0}, [2, 3])
+
+
+def test_the_accuracy_per_class_is_evaluated_once_for_the_same_checkpoint(monkeypatch, tmp_path):
+    """The model card and fit's report both ask for it: one pass over the split, again only for a new checkpoint."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    weights = run / "checkpoints" / "best.safetensors"
+    weights.write_bytes(b"0")
+    calls = []
+
+    def evaluated(run_dir, checkpoint, used, split, stamp):
+        calls.append(stamp)
+        return {"a": 1.0}, [3]
+
+    monkeypatch.setattr(card, "_class_accuracy", functools.lru_cache(maxsize=4)(evaluated))
+    first = card.class_accuracy(run, "best", "test")
+    first[0]["a"] = 0.0  # a caller's change does not reach the kept result
+    assert card.class_accuracy(run, "best", "test") == ({"a": 1.0}, [3]) and len(calls) == 1
+    os.utime(weights, ns=(0, weights.stat().st_mtime_ns + 10**9))  # a new version of the checkpoint
+    card.class_accuracy(run, "best", "test")
+    assert len(calls) == 2

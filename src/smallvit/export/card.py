@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -84,8 +85,22 @@ def _diff(old, new, key: str, changes: list[str]) -> None:
 
 def class_accuracy(run_dir: Path, checkpoint: str, split: str) -> tuple[dict[str, float | None], list[int]] | None:
     """Top-1 per class and images per class of the exported weights on ``split`` (``val`` or ``test``): from the
-    run's ``analysis.json`` when it read that split with those weights, else evaluated; None without a classifier."""
+    run's ``analysis.json`` when it read that split with those weights, else evaluated; None without a classifier.
+
+    An evaluation is kept for the same checkpoint file (its path and modification time), so the model card and
+    ``smallvit fit``'s report, which both ask, pay for one pass over the split."""
     used = exported_checkpoint(run_dir, checkpoint)
+    weights_file = Path(run_dir).resolve() / "checkpoints" / f"{used}.safetensors"
+    stamp = weights_file.stat().st_mtime_ns if weights_file.is_file() else None
+    found = _class_accuracy(Path(run_dir).resolve(), checkpoint, used, split, stamp)
+    return None if found is None else (dict(found[0]), list(found[1]))
+
+
+@functools.lru_cache(maxsize=4)
+def _class_accuracy(
+    run_dir: Path, checkpoint: str, used: str, split: str, stamp: int | None
+) -> tuple[dict[str, float | None], list[int]] | None:
+    """:func:`class_accuracy` for one version (``stamp``) of the checkpoint file."""
     analysis = _read_json(run_dir / "analysis.json")
     weights = str(analysis.get("weights", ""))
     same_weights = weights.startswith(f"{used} checkpoint") or (used == "last" and weights == "last weights")
