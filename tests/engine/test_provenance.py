@@ -43,4 +43,5 @@ def test_the_commit_is_git_heads_with_dirty_marked(monkeypatch):
 def test_versions_and_the_cpu_device_are_named():
     assert versions() == {"smallvit": smallvit.__version__, "torch": torch.__version__, "timm": timm.__version__}
     name = device_name(torch.device("cpu"))
-    assert name.startswith("cpu: ") and name.endswith(f"({torch.get_num_threads()} threads)")
+    assert name.startswith("cpu: ")
+    assert name.endswith(f", {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)")

@@ -43,16 +43,20 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the threads torch uses on it."""
+    """The GPU's name, or the CPU's model, the vector instruction set torch's kernels use on it and the threads: on a
+    CPU the last two change the rounding of convolutions and reductions, so a run reproduces bit for bit only where
+    both are the same (docs/reliability.md)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                model = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"cpu: {model}, {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"
 
 
 def provenance(exp: Experiment, commit: str | None) -> dict:
