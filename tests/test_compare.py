@@ -34,6 +34,7 @@ from smallvit.compare import (
     write_report,
 )
 from smallvit.compare.datasets import dataset_cells, write_dataset_table
+from smallvit.compare.leave_one_out import leave_one_out
 from smallvit.compare.report import report_text
 from smallvit.errors import SmallViTError
 
@@ -629,3 +630,62 @@ def test_every_kept_table_across_datasets_regenerates_by_its_command(table, tmp_
     assert result.exit_code == 0, result.output
     for name in ("datasets.md", "datasets.csv"):
         assert (tmp_path / name).read_text().replace(str(tmp_path), study) == (table.parent / name).read_text()
+
+
+def _study_with_validation(root: Path, dataset: str, results: dict[str, tuple[float, float]]) -> Path:
+    """A study folder holding only its table: row -> (test, validation) top-1 of its one run (row 'weak' baseline)."""
+    runs = root / "runs"
+    for row, (test, val) in results.items():
+        _run(runs, row, 0, test, val, dataset=dataset, epochs=40, baseline=row == "weak")
+    write_report(compare_rows(collect_runs([runs]))[0], root / "study")
+    shutil.rmtree(runs)
+    return root / "study"
+
+
+@pytest.fixture
+def three_datasets(tmp_path):
+    """Validation gains over 'weak' (points): x +10 / +1 / +10, y +8 / +5 / +3 on a / b / c; z is only run on a."""
+    a = {"weak": (0.40, 0.50), "x": (0.50, 0.60), "y": (0.45, 0.58), "z": (0.90, 0.99)}
+    b = {"weak": (0.70, 0.70), "x": (0.72, 0.71), "y": (0.80, 0.75)}
+    c = {"weak": (0.30, 0.30), "x": (0.29, 0.40), "y": (0.40, 0.33)}
+    return [_study_with_validation(tmp_path / n, n, d) for n, d in (("a", a), ("b", b), ("c", c))]
+
+
+def test_leave_one_out_chooses_on_the_other_datasets_validation_and_reads_the_held_out_test(three_datasets):
+    checks = leave_one_out(compare_rows(collect_runs(three_datasets))[0])
+    # held out a: x scores (1 + 10) / 2 = 5.5 and y (5 + 3) / 2 = 4 on b and c (z was not run there) -> x, test +10;
+    # held out b: x (10 + 10) / 2 = 10, y (8 + 3) / 2 = 5.5 -> x, test +2; held out c: x 5.5, y 6.5 -> y, test +10
+    assert [(c.dataset, c.chosen, c.runs) for c in checks] == [("a", "x", 1), ("b", "x", 1), ("c", "y", 1)]
+    assert [c.validation_gain for c in checks] == pytest.approx([5.5, 10.0, 6.5])
+    assert [c.test_gain for c in checks] == pytest.approx([10.0, 2.0, 10.0])
+    assert [c.verdict for c in checks] == [
+        "beats the baseline by ≥ 3 points",
+        "beats the baseline by less than 3 points",
+        "beats the baseline by ≥ 3 points",
+    ]
+
+
+def test_leave_one_out_says_where_nothing_can_be_chosen_or_read(tmp_path):
+    a = _study_with_validation(tmp_path / "a", "a", {"weak": (0.4, 0.4), "x": (0.3, 0.5)})
+    b = _study_with_validation(tmp_path / "b", "b", {"weak": (0.4, 0.4), "y": (0.3, 0.5)})
+    checks = leave_one_out(compare_rows(collect_runs([a, b]))[0])
+    assert [c.verdict for c in checks] == ["y was not run on a", "x was not run on b"]
+    rows = [row for row in compare_rows(collect_runs([a, b]))[0] if not row.baseline]
+    with pytest.raises(SmallViTError, match="no baseline row on a, b: keep the row each study marked baseline"):
+        leave_one_out(rows)
+    with pytest.raises(SmallViTError, match="needs studies on two datasets or more"):
+        leave_one_out(compare_rows(collect_runs([a]))[0])
+
+
+def test_cli_compare_leave_one_out_writes_its_page(three_datasets, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "_width", 250)
+    out = tmp_path / "out"
+    paths = list(map(str, three_datasets))
+    result = CliRunner().invoke(app, ["compare", *paths, "--leave-one-out", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    text = (out / "leave-one-out.md").read_text()
+    assert "--leave-one-out --output" in text.split("\n")[2]
+    assert "| b | x | +10.00 | +2.00 (1) | beats the baseline by less than 3 points |" in text
+    assert "| z | +49.00 | — | — |" in text
+    result = CliRunner().invoke(app, ["compare", *paths, "--leave-one-out", "--json"])
+    assert [c["chosen"] for c in json.loads(result.stdout)] == ["x", "x", "y"]

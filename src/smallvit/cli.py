@@ -466,7 +466,8 @@ def sweep(
 @app.command(
     epilog="Examples:\n\n  smallvit compare runs/sweeps/cifar10-sample-60ep --output results/cifar10-sample-60ep"
     "\n\n  smallvit compare results/legacy-20ep --baseline quickstart --json"
-    "\n\n  smallvit compare results/cifar10-60ep results/imagenette-40ep --by-dataset",
+    "\n\n  smallvit compare results/cifar10-60ep results/imagenette-40ep --by-dataset"
+    "\n\n  smallvit compare results/equal-time-* --leave-one-out --output results/overview",
 )
 def compare(
     paths: Annotated[
@@ -488,6 +489,14 @@ def compare(
         bool,
         typer.Option(
             "--by-dataset", help="One line per row name, one column per dataset (test top-1); --output: datasets.md."
+        ),
+    ] = False,
+    leave_out: Annotated[
+        bool,
+        typer.Option(
+            "--leave-one-out",
+            help="Each dataset in turn: the row chosen on the others' validation gains, and its test gain there; "
+            "--output: leave-one-out.md.",
         ),
     ] = False,
     rows_shown: Annotated[
@@ -512,6 +521,12 @@ def compare(
     as_table, to_json, write = (comparing.rows_table, comparing.rows_json, comparing.write_report)
     if by_dataset:
         as_table, to_json, write = (comparing.dataset_table, comparing.dataset_json, comparing.write_dataset_table)
+    if leave_out:
+        as_table, to_json, write = (
+            comparing.leave_one_out_table,
+            comparing.leave_one_out_json,
+            comparing.write_leave_one_out,
+        )
     if as_json:
         typer.echo(json.dumps(to_json(rows), indent=2))
     else:
@@ -520,6 +535,7 @@ def compare(
         command = ["smallvit", "compare", *map(str, paths), *(["--baseline", baseline] if baseline else [])]
         command += ["--checkpoint", checkpoint] if checkpoint != "final" else []
         command += ["--by-dataset"] if by_dataset else []
+        command += ["--leave-one-out"] if leave_out else []
         command += [arg for text in alias or [] for arg in ("--alias", text)]
         command += ["--rows", rows_shown] if rows_shown else []
         written = write(rows, output, command=shlex.join([*command, "--output", str(output)]))

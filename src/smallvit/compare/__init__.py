@@ -32,10 +32,16 @@ written beside every report: :mod:`smallvit.compare.table`), so a kept report re
 Modules: :mod:`~smallvit.compare.read` (runs), :mod:`~smallvit.compare.rows` (statistics; renaming rows,
 so that those of several studies line up, and choosing some),
 :mod:`~smallvit.compare.report` (tables, plots, report folder), :mod:`~smallvit.compare.datasets` (one table across
-datasets).
+datasets), :mod:`~smallvit.compare.leave_one_out` (the leave-one-dataset-out check).
 """
 
 from smallvit.compare.datasets import dataset_cells, dataset_json, dataset_rows, dataset_table, write_dataset_table
+from smallvit.compare.leave_one_out import (
+    leave_one_out,
+    leave_one_out_json,
+    leave_one_out_table,
+    write_leave_one_out,
+)
 from smallvit.compare.read import collect_runs, last_stage_dir, read_run
 from smallvit.compare.report import (
     curve_panels,
@@ -71,6 +77,9 @@ __all__ = [
     "footnotes",
     "gain",
     "last_stage_dir",
+    "leave_one_out",
+    "leave_one_out_json",
+    "leave_one_out_table",
     "markdown_table",
     "mean_std",
     "parse_aliases",
@@ -82,6 +91,7 @@ __all__ = [
     "select_rows",
     "table_cells",
     "write_dataset_table",
+    "write_leave_one_out",
     "write_report",
     "write_table",
 ]
