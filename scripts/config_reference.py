@@ -7,7 +7,7 @@ names (datasets, presets, objectives, augmentation ops, recipes), so the documen
 As a hook it replaces the markers of ``docs/configuration.md`` (``<!-- config-reference -->``),
 ``docs/recipes.md`` (``<!-- recipe-table -->``) and ``docs/backbones.md`` (``<!-- preset-table -->``). Descriptions
 come from the schema (``Field(description=...)``, the ``Attributes:`` section of the model's docstring, or the
-docstring of the model a key holds); :data:`NOTES` describes the keys whose schema has none.
+docstring of the model a key holds); a key with none stops the build with an error naming it.
 """
 
 from __future__ import annotations
@@ -42,65 +42,6 @@ REGISTRIES: dict[str, list[str]] = {
     "model.preset": sorted(PRESETS),
 }
 """Keys whose allowed values are the names of a registry."""
-
-NOTES: dict[str, str] = {
-    "name": "the stage's name: the run folder's prefix and a multi-stage run's stage folder",
-    "description": "one line shown by `smallvit recipes`",
-    "data.dataset": "a registered dataset (`smallvit datasets`), or `imagefolder` with `data.root`",
-    "data.root": "the folder of an `imagefolder` dataset (`root/split/class/img` or `root/class/img`)",
-    "data.train_split": "the split that trains",
-    "data.val_seed": "seeds the per-class validation hold-out when there is no validation split",
-    "data.in_chans": "1 trains grayscale images as one channel, 3 repeats them over RGB",
-    "data.subset.per_class": "images of each class (give this or `total`)",
-    "data.subset.total": "images in all (give this or `per_class`)",
-    "data.subset.seed": "seeds the subset's choice",
-    "data.eval_subset.per_class": "images of each class (give this or `total`)",
-    "data.eval_subset.total": "images in all (give this or `per_class`)",
-    "data.eval_subset.seed": "seeds the subset's choice",
-    "augment": "named views (`main`, or e.g. `large` and `small` for multi-crop); each objective reads the views "
-    "it lists",
-    "model": "the backbone",
-    "model.preset": "the network (see Backbones)",
-    "model.pos_embed": "a learned absolute position embedding (on a Swin preset: the relative position bias)",
-    "model.cls_token": "a class token; without one, the pooled feature is the mean patch token",
-    "model.drop_path": "stochastic depth rate of the last block",
-    "model.overrides": "keyword arguments passed on to the timm model (e.g. `depth`, `num_heads`)",
-    "objectives": "the losses, summed with their weights; each entry is `{name: ..., weight: ..., <options>}` "
-    "(see Objectives below)",
-    "optim": "AdamW with per-group weight decay, linear warm-up then cosine decay",
-    "optim.lr": "peak learning rate (`lr=` on the command line)",
-    "optim.weight_decay": "AdamW weight decay (not on biases, norms, position embedding and tokens)",
-    "optim.betas": "AdamW betas",
-    "optim.warmup_epochs": "linear warm-up length, unless `warmup_fraction` is set",
-    "optim.min_lr": "learning rate at the end of the cosine decay",
-    "optim.clip_grad": "gradient-norm clipping; null: off",
-    "train": "the loop",
-    "train.epochs": "epochs of this stage (`epochs=`)",
-    "train.batch_size": "images per optimizer step and process (`batch_size=`)",
-    "train.compile": "`torch.compile` the model",
-    "train.ema_decay": "keep an exponential moving average of the weights; null: off",
-    "train.device": "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps (`device=`)",
-    "objectives.<i>.name": "the objective (see Objectives below)",
-    "objectives.<i>.views": "the views of `augment` it reads; losses and metrics are averaged over them",
-    "objectives.<i>.weight": "how much its loss counts (default: the objective's own, below); 0: off",
-    "objectives.<i>.weight_schedule.kind": "constant; warmup: 0 → 1 over `warmup_epochs`; warmup_decay: then down "
-    "to 0 at the last epoch (DRLoc); cosine: 1 → 0 along a half cosine",
-    "objectives.<i>.weight_schedule.warmup_epochs": "length of the warm-up of `warmup` and `warmup_decay`",
-    "drloc.hidden_dim": "width of the offset-regression MLP",
-    "supervised.label_smoothing": "label smoothing of the cross-entropy (training only)",
-    "instance_discrimination.label_smoothing": "label smoothing of the instance cross-entropy",
-    "mae.mask_ratio": "share of each image's patches masked",
-    "mae.norm_pix_loss": "reconstruct per-patch normalised pixels",
-    "mae.decoder_dim": "decoder width",
-    "mae.decoder_depth": "decoder blocks",
-    "mae.decoder_heads": "decoder attention heads",
-    "mae.decoder_mlp_ratio": "decoder MLP ratio",
-    "mae.decoder_pos_embed": "the decoder's position embedding: fixed sin-cos or learned",
-    "abs_position.head": "RelViT's `Linear(D, N)` head (`linear`) or APL's MLP (`mlp`)",
-    "abs_position.channel_split": "share of each token's channels the head reads",
-}
-"""Descriptions of the keys whose schema gives none, by the key as the reference lists it (an objective's own
-options as ``<objective>.<option>``)."""
 
 
 class Row(typing.NamedTuple):
@@ -177,12 +118,21 @@ def docstring_attributes(model: type) -> dict[str, str]:
     return {name: " ".join(text.split()) for name, text in entries}
 
 
+class UndescribedKey(ValueError):
+    """A key of the schema with no description: the reference would list it blank."""
+
+
 def describe(model: type, name: str, field: FieldInfo, key: str) -> str:
     """The field's own description, else its entry in the model's docstring, else the first line of the docstring of
-    the model it holds (not of a mapping's values), else its note."""
+    the model it holds (not of a mapping's values); :class:`UndescribedKey` when there is none."""
     inner = None if typing.get_origin(field.annotation) is dict else model_of(field.annotation)
     own = inspect.cleandoc(inner.__doc__).split("\n")[0] if inner is not None and inner.__doc__ else ""
-    text = field.description or docstring_attributes(model).get(name) or own or NOTES.get(key, "")
+    text = field.description or docstring_attributes(model).get(name) or own
+    if not text.strip():
+        raise UndescribedKey(
+            f"configuration key {key!r} ({model.__name__}.{name}) has no description: "
+            "add Field(description=...) to the field"
+        )
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -226,7 +176,7 @@ def run_rows() -> list[Row]:
             "list of mapping",
             yaml_value(objectives.get_default(call_default_factory=True)),
             ", ".join(sorted(OBJECTIVES)),
-            NOTES["objectives"],
+            describe(RunConfig, "objectives", objectives, "objectives"),
         ),
         *field_rows(ObjectiveConfig, "objectives.<i>."),
         *field_rows(ObjectiveWeight, "objectives.<i>."),
@@ -298,11 +248,16 @@ def preset_table() -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """The mkdocs hook: fill in the markers of the page being built."""
+    """The mkdocs hook: fill in the markers of the page being built; an undescribed key fails the build."""
     tables = {CONFIG_MARKER: reference, RECIPE_MARKER: recipe_table, PRESET_MARKER: preset_table}
     for marker, build in tables.items():
         if marker in markdown:
-            markdown = markdown.replace(marker, build())
+            try:
+                markdown = markdown.replace(marker, build())
+            except UndescribedKey as err:
+                from mkdocs.exceptions import PluginError  # only the hook runs inside mkdocs
+
+                raise PluginError(str(err)) from None
     return markdown
 
 

@@ -2,13 +2,14 @@
 its type, default, allowed values and a description, and the documentation pages hold its markers."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from smallvit.config import ALIASES, RunConfig, available_recipes
+from smallvit.config import ALIASES, ModelConfig, RunConfig, available_recipes
 from smallvit.data.datasets import DATASETS
 from smallvit.data.transforms import OPS
 from smallvit.models.presets import PRESETS
@@ -83,12 +84,52 @@ def test_the_page_names_every_key_alias_objective_op_recipe_and_preset(generator
     assert all(f"| `{name}` |" in generator.preset_table() for name in PRESETS)
 
 
-def test_every_note_describes_a_key_the_schema_leaves_undescribed(generator):
-    """A note for a key that is gone, or that the schema now describes itself, is stale: remove it."""
-    rows = generator.run_rows() + [row for name in OBJECTIVES for row in generator.objective_rows(name)]
-    described_without_notes = {row.key for row in rows if row.description != generator.NOTES.get(row.key)}
-    stale = [key for key in generator.NOTES if key not in {row.key for row in rows} or key in described_without_notes]
-    assert stale == []
+def page_tables(page: str) -> list[list[list[str]]]:
+    """The markdown tables of ``page``, each a list of rows of cells (header first, the ``|---|`` line dropped); an
+    escaped ``\\|`` stays inside its cell."""
+    tables, current = [], []
+    for line in [*page.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if not all(set(cell) <= {"-"} for cell in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_every_key_listed_on_the_page_has_a_description(generator):
+    """Every row of the page's key tables (stage keys and each objective's options) has a non-empty description."""
+    keyed = [table for table in page_tables(generator.reference()) if table[0][0] == "key"]
+    rows = [row for table in keyed for row in table[1:]]
+    keys = {row.key for row in generator.run_rows()} | {r.key for n in OBJECTIVES for r in generator.objective_rows(n)}
+    assert {row[0].strip("`") for row in rows} == keys
+    assert [row[0] for row in rows if len(row) != 5 or not row[-1]] == []
+
+
+def test_a_key_without_a_description_stops_the_reference(generator, monkeypatch):
+    """A new field with no description anywhere fails with one line naming its key."""
+
+    class Undescribed(BaseModel):
+        described: int = Field(0, description="has one")
+        bare: int = 0
+
+    with pytest.raises(generator.UndescribedKey) as caught:
+        list(generator.field_rows(Undescribed, "data.extra."))
+    assert "'data.extra.bare'" in str(caught.value) and "\n" not in str(caught.value)
+    monkeypatch.setattr(ModelConfig.model_fields["preset"], "description", None)
+    with pytest.raises(generator.UndescribedKey, match=re.escape("'model.preset'")):
+        generator.reference()
+
+
+def test_a_key_without_a_description_fails_the_docs_build(generator, monkeypatch):
+    """In ``mkdocs build`` the hook turns it into a build error, which aborts the build with that line."""
+    plugin_error = pytest.importorskip("mkdocs.exceptions").PluginError
+    monkeypatch.setattr(ModelConfig.model_fields["preset"], "description", None)
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    with pytest.raises(plugin_error, match=re.escape("'model.preset'")):
+        generator.on_page_markdown(page, None, None, None)
 
 
 def test_the_hook_fills_in_the_markers_of_the_pages(generator):

@@ -46,9 +46,9 @@ ALIASES = {
 class SubsetConfig(Strict):
     """A deterministic, stratified subset: ``per_class`` images of each class, or ``total`` images."""
 
-    per_class: int | None = Field(None, gt=0)
-    total: int | None = Field(None, gt=0)
-    seed: int = 0
+    per_class: int | None = Field(None, gt=0, description="images of each class (give this or `total`)")
+    total: int | None = Field(None, gt=0, description="images in all (give this or `per_class`)")
+    seed: int = Field(0, description="seeds the subset's choice")
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -66,19 +66,23 @@ class DataConfig(Strict):
     evaluated once, at the end of a stage.
     """
 
-    dataset: str = "cifar10-sample"
-    root: str | None = None
-    train_split: str = "train"
+    dataset: str = Field(
+        "cifar10-sample", description="a registered dataset (`smallvit datasets`), or `imagefolder` with `data.root`"
+    )
+    root: str | None = Field(
+        None, description="the folder of an `imagefolder` dataset (`root/split/class/img` or `root/class/img`)"
+    )
+    train_split: str = Field("train", description="the split that trains")
     val_split: str | None = Field(
         None,
         description="None: the dataset's own validation split, else carved; 'none': carved even when the dataset "
         "has one (an image folder without val/)",
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held out per class when there is no val split")
-    val_seed: int = 0
+    val_seed: int = Field(0, description="seeds the per-class validation hold-out when there is no validation split")
     test_split: str | None = Field(None, description="None: the dataset's test split; 'none': no test evaluation")
     image_size: int | None = Field(None, gt=0, description="storage and training resolution; None: dataset default")
-    in_chans: Literal[1, 3] = 3
+    in_chans: Literal[1, 3] = Field(3, description="1 trains grayscale images as one channel, 3 repeats them over RGB")
     on_bad_file: Literal["error", "skip"] = Field(
         "error", description="an undecodable image: stop with an error naming it, or skip it (listed in the run folder)"
     )
@@ -92,13 +96,17 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    preset: str = "vit_lite"
+    preset: str = Field("vit_lite", description="the network (see Backbones)")
     patch_size: int | None = Field(None, gt=0, description="None: the dataset's default patch size")
     img_size: int | None = Field(None, gt=0, description="backbone input size; None: data.image_size")
-    pos_embed: bool = True
-    cls_token: bool = True
-    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
-    overrides: dict[str, Any] = {}
+    pos_embed: bool = Field(
+        True, description="a learned absolute position embedding (on a Swin preset: the relative position bias)"
+    )
+    cls_token: bool = Field(True, description="a class token; without one, the pooled feature is the mean patch token")
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth rate of the last block")
+    overrides: dict[str, Any] = Field(
+        {}, description="keyword arguments passed on to the timm model (e.g. `depth`, `num_heads`)"
+    )
     init_from: str | None = Field(None, description="run folder or .safetensors to start from; 'previous' stage")
     head_init: Literal["random", "linear_probe"] = Field(
         "random",
@@ -109,13 +117,15 @@ class ModelConfig(Strict):
 
 
 class OptimConfig(Strict):
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = Field(10, ge=0)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (`lr=` on the command line)")
+    weight_decay: float = Field(
+        0.05, ge=0, description="AdamW weight decay (not on biases, norms, position embedding and tokens)"
+    )
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_epochs: float = Field(10, ge=0, description="linear warm-up length, unless `warmup_fraction` is set")
     warmup_fraction: float | None = Field(None, ge=0, le=1, description="warm-up as a fraction of the epochs")
-    min_lr: float = Field(1e-5, ge=0)
-    clip_grad: float | None = Field(None, gt=0)
+    min_lr: float = Field(1e-5, ge=0, description="learning rate at the end of the cosine decay")
+    clip_grad: float | None = Field(None, gt=0, description="gradient-norm clipping; null: off")
     layer_decay: float | None = Field(
         None, gt=0, le=1, description="layer-wise lr decay (BEiT/MAE fine-tuning): block i of L gets lr * decay^(L-i)"
     )
@@ -133,8 +143,12 @@ class WeightSchedule(Strict):
     A pure function of ``(epoch, total)``, so a resumed run recomputes it exactly from its step counter.
     """
 
-    kind: Literal["constant", "warmup", "warmup_decay", "cosine"] = "constant"
-    warmup_epochs: float = Field(0.0, ge=0)
+    kind: Literal["constant", "warmup", "warmup_decay", "cosine"] = Field(
+        "constant",
+        description="constant; warmup: 0 → 1 over `warmup_epochs`; warmup_decay: then down to 0 at the last epoch "
+        "(DRLoc); cosine: 1 → 0 along a half cosine",
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="length of the warm-up of `warmup` and `warmup_decay`")
 
     def factor(self, epoch: float, total: float) -> float:
         ramp = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
@@ -156,7 +170,9 @@ class ObjectiveWeight(Strict):
     off when the recipe is read; without ``weight``, the objective's ``default_weight`` (the paper's).
     """
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(
+        1.0, ge=0, description="how much its loss counts (default: the objective's own, below); 0: off"
+    )
     weight_schedule: WeightSchedule = WeightSchedule()
 
     @field_validator("weight", mode="wrap")
@@ -215,14 +231,16 @@ def _split_objective(spec: Any, where: str) -> tuple[ObjectiveConfig, ObjectiveW
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(100, gt=0)
-    batch_size: int = Field(128, gt=0)
+    epochs: int = Field(100, gt=0, description="epochs of this stage (`epochs=`)")
+    batch_size: int = Field(128, gt=0, description="images per optimizer step and process (`batch_size=`)")
     accumulation: int = Field(1, gt=0, description="micro-batches per optimizer step")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the hardware makes it faster (CUDA, CPUs with AMX), else fp32"
     )
-    compile: bool = False
-    ema_decay: float | None = Field(None, gt=0, lt=1)
+    compile: bool = Field(False, description="`torch.compile` the model")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights; null: off"
+    )
     eval_every: int = Field(1, ge=0, description="epochs between evaluations; 0: only at the end")
     knn_every: int = Field(0, ge=0, description="epochs between online kNN evaluations; 0: off")
     log_every: int = Field(10, gt=0, description="optimizer steps between metric log lines")
@@ -242,7 +260,9 @@ class TrainConfig(Strict):
         0, ge=0, description="optimizer steps with a non-finite loss to skip (counted in the metrics) before stopping"
     )
     seed: int = Field(0, ge=0, lt=2**32, description="seeds the weights, data order, augmentation and drop path")
-    device: str = "auto"
+    device: str = Field(
+        "auto", description="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps (`device=`)"
+    )
     time_limit_s: float | None = Field(
         None,
         gt=0,
@@ -268,20 +288,30 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     """One training stage: data → model → objectives → engine."""
 
-    name: str = "run"
-    description: str = ""
+    name: str = Field(
+        "run", description="the stage's name: the run folder's prefix and a multi-stage run's stage folder"
+    )
+    description: str = Field("", description="one line shown by `smallvit recipes`")
     data: DataConfig = DataConfig()
-    augment: dict[str, ViewSpec] = {"main": ViewSpec(ops=[{"op": "random_crop", "padding": 4}, {"op": "hflip"}])}
-    model: ModelConfig = ModelConfig()
+    augment: dict[str, ViewSpec] = Field(
+        {"main": ViewSpec(ops=[{"op": "random_crop", "padding": 4}, {"op": "hflip"}])},
+        description="named views (`main`, or e.g. `large` and `small` for multi-crop); each objective reads the "
+        "views it lists",
+    )
+    model: ModelConfig = Field(ModelConfig(), description="the backbone")
     objectives: list[SerializeAsAny[ObjectiveConfig]] = Field(
-        default_factory=lambda: [parse_objective_config({"name": "supervised"})]
+        default_factory=lambda: [parse_objective_config({"name": "supervised"})],
+        description="the losses, summed with their weights; each entry is `{name: ..., weight: ..., <options>}` "
+        "(see Objectives below)",
     )
     objective_weights: list[ObjectiveWeight] = Field(
         default_factory=lambda: [ObjectiveWeight()],
         description="one per objective, in order; split off the objectives entries (write weight beside each)",
     )
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = Field(
+        OptimConfig(), description="AdamW with per-group weight decay, linear warm-up then cosine decay"
+    )
+    train: TrainConfig = Field(TrainConfig(), description="the loop")
 
     @model_validator(mode="before")
     @classmethod

@@ -32,8 +32,10 @@ from smallvit.objectives.grid import check_grid, check_min_tokens, original_posi
 class ObjectiveConfig(Strict):
     """Fields every objective accepts; subclasses add their own (unknown keys are rejected)."""
 
-    name: str
-    views: list[str] = ["main"]
+    name: str = Field(..., description="the objective (see Objectives below)")
+    views: list[str] = Field(
+        ["main"], description="the views of `augment` it reads; losses and metrics are averaged over them"
+    )
 
 
 @dataclass(frozen=True)

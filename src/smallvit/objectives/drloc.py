@@ -73,7 +73,7 @@ def drloc_loss(predicted: Tensor, targets: Tensor) -> Tensor:
 
 class DRLocConfig(GridObjectiveConfig):
     num_pairs: int = Field(32, gt=0, description="random token pairs per image (m)")
-    hidden_dim: int = Field(512, gt=0)
+    hidden_dim: int = Field(512, gt=0, description="width of the offset-regression MLP")
 
 
 @register_objective

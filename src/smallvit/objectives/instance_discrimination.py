@@ -96,7 +96,7 @@ def instance_discrimination_loss(
 class InstanceDiscriminationConfig(ObjectiveConfig):
     """``label_smoothing``: 0.1 as the paper; 0 gives the released code's plain cross-entropy."""
 
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="label smoothing of the instance cross-entropy")
 
 
 @register_objective

@@ -148,13 +148,15 @@ class MAEDecoder(nn.Module):
 
 
 class MAEConfig(ObjectiveConfig):
-    mask_ratio: float = Field(0.75, gt=0, lt=1)
-    norm_pix_loss: bool = True
-    decoder_dim: int = Field(128, gt=0)
-    decoder_depth: int = Field(2, ge=1)
-    decoder_heads: int = Field(4, gt=0)
-    decoder_mlp_ratio: float = Field(4.0, gt=0)
-    decoder_pos_embed: Literal["sincos", "learned"] = "sincos"
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="share of each image's patches masked")
+    norm_pix_loss: bool = Field(True, description="reconstruct per-patch normalised pixels")
+    decoder_dim: int = Field(128, gt=0, description="decoder width")
+    decoder_depth: int = Field(2, ge=1, description="decoder blocks")
+    decoder_heads: int = Field(4, gt=0, description="decoder attention heads")
+    decoder_mlp_ratio: float = Field(4.0, gt=0, description="decoder MLP ratio")
+    decoder_pos_embed: Literal["sincos", "learned"] = Field(
+        "sincos", description="the decoder's position embedding: fixed sin-cos or learned"
+    )
 
 
 @register_objective

@@ -286,8 +286,10 @@ class AbsolutePositionLabel(GridObjective):
 
 
 class AbsPositionConfig(AbsolutePositionLabelConfig):
-    head: Literal["mlp", "linear"] = "linear"
-    channel_split: float = Field(1.0, gt=0, le=1)
+    head: Literal["mlp", "linear"] = Field(
+        "linear", description="RelViT's `Linear(D, N)` head (`linear`) or APL's MLP (`mlp`)"
+    )
+    channel_split: float = Field(1.0, gt=0, le=1, description="share of each token's channels the head reads")
 
 
 @register_objective

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from smallvit.data.mixing import mixed_cross_entropy
@@ -32,7 +33,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> Tensor:
 
 
 class SupervisedConfig(ObjectiveConfig):
-    label_smoothing: float = 0.1
+    label_smoothing: float = Field(0.1, description="label smoothing of the cross-entropy (training only)")
 
 
 @register_objective
