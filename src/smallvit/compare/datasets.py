@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from smallvit.compare.report import gain_text, markdown
+from smallvit.compare.report import gain_text, markdown, rich_table
 from smallvit.compare.rows import Row
 from smallvit.errors import SmallViTError
 
@@ -89,13 +89,7 @@ def dataset_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 def dataset_table(rows: list[Row]) -> Table:
     """The table across datasets as a rich table."""
-    header, cells = dataset_cells(rows)
-    table = Table(*header)
-    for line in cells:
-        table.add_row(*line)
-    table.caption = NOTE
-    table.caption_justify = "left"
-    return table
+    return rich_table(*dataset_cells(rows), NOTE)
 
 
 def _four(value: float | None) -> float | None:

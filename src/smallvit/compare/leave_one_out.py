@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.table import Table
 
 from smallvit.compare.datasets import MISSING, DatasetRow, dataset_rows
-from smallvit.compare.report import markdown
+from smallvit.compare.report import markdown, rich_table
 from smallvit.compare.rows import Row
 from smallvit.errors import SmallViTError
 
@@ -138,13 +138,7 @@ def gains_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 def leave_one_out_table(rows: list[Row]) -> Table:
     """The check as a rich table."""
-    header, cells = leave_one_out_cells(rows)
-    table = Table(*header)
-    for line in cells:
-        table.add_row(*line)
-    table.caption = NOTE
-    table.caption_justify = "left"
-    return table
+    return rich_table(*leave_one_out_cells(rows), NOTE)
 
 
 def leave_one_out_json(rows: list[Row]) -> list[dict]:

@@ -79,15 +79,20 @@ def footnotes(rows: list[Row]) -> list[str]:
     return notes + ([LEGACY_NOTE] if any(r.legacy for r in rows) else [])
 
 
-def rows_table(rows: list[Row]) -> Table:
-    """The comparison as a rich table."""
-    header, cells = table_cells(rows)
+def rich_table(header: list[str], cells: list[list[str]], caption: str, bold: list[bool] | None = None) -> Table:
+    """A rich table of ``cells`` under ``header``, ``caption`` left-aligned below; lines where ``bold`` is true in
+    bold."""
     table = Table(*header)
-    for row, line in zip(rows, cells):
-        table.add_row(*line, style="bold" if row.baseline else None)
-    table.caption = "\n".join(footnotes(rows))
+    for line, strong in zip(cells, bold or [False] * len(cells), strict=True):
+        table.add_row(*line, style="bold" if strong else None)
+    table.caption = caption
     table.caption_justify = "left"
     return table
+
+
+def rows_table(rows: list[Row]) -> Table:
+    """The comparison as a rich table."""
+    return rich_table(*table_cells(rows), "\n".join(footnotes(rows)), [row.baseline for row in rows])
 
 
 def rows_json(rows: list[Row]) -> list[dict]:
