@@ -169,6 +169,9 @@ def serve() -> None:
     import importlib
     import pkgutil
 
+    # The commands run as if typed in a terminal, where Ctrl-C raises KeyboardInterrupt: a test suite started in the
+    # background (a shell without job control starts it with SIGINT ignored) must not pass that on to them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reply = os.fdopen(os.dup(1), "w")  # replies on their own descriptor: whatever an import prints goes to stderr
     os.dup2(2, 1)
 
