@@ -12,6 +12,7 @@ from smallvit.config import available_recipes, load_recipe
 from smallvit.errors import ConfigError, DataError
 from smallvit.fit import (
     FALLBACK_RULE,
+    MANY_CLASSES_RECIPE,
     RECIPE_RULES,
     RESULTS_PAGE,
     SMALL_DATA_RECIPE,
@@ -87,26 +88,37 @@ def test_the_folders_the_results_measured_get_small_data_and_other_kinds_the_bas
     assert "results: imagenette-40ep, row conv-tokenizer-relvit-joint-no-pe-equal-time" in small.reason
     assert RESULTS_PAGE in small.reason and "nothing was measured" not in small.reason
 
-    caltech = choose_recipe(num_train=101 * 20, num_classes=101, median_side=144)  # 101 classes of 20 photos
-    assert (caltech.recipe, caltech.rule, caltech.overrides, caltech.max_image_size) == (
+    caltech = choose_recipe(num_train=101 * 20, num_classes=101, median_side=144)  # caltech101-2020
+    assert (caltech.recipe, caltech.rule, caltech.max_image_size) == ("small-data-stem", "many-classes", 112)
+    assert caltech.reason.startswith("101 classes, 20 training images per class, median shorter side 144 px: the kind")
+    assert "results: equal-time-caltech101, row small-data-stem" in caltech.reason and caltech.unmeasured == ()
+
+    photos = choose_recipe(num_train=102 * 20, num_classes=102, median_side=500)  # 500 px photos: not measured
+    assert (photos.recipe, photos.rule, photos.overrides, photos.max_image_size) == (
         "quickstart",
         "not-measured",
         (),
         224,
     )
-    outside = "101 classes (measured: 10), 20 training images per class (measured: 204)"
-    assert caltech.reason.startswith(NOTHING_MEASURED + outside + ", more than a factor of 2 from what rule small-data")
-    assert "fit therefore trains the baseline quickstart (the crop + flip baseline" in caltech.reason
-    assert "no result yet" in caltech.reason  # the kind is not measured, so no result is cited
-    assert caltech.unmeasured == (f"{outside}, more than a factor of 2 from what rule small-data was measured on",)
-    assert caltech.evidence == FALLBACK_RULE.evidence
+    assert photos.unmeasured == (
+        "102 classes (measured: 10), 20 training images per class (measured: 204), 500 px median shorter side "
+        "(measured: 32–224), more than a factor of 2 from what rule small-data was measured on",
+        "500 px median shorter side (measured: 144), more than a factor of 2 from what rule many-classes was measured "
+        "on",
+    )
+    assert photos.reason.startswith(NOTHING_MEASURED + "; ".join(photos.unmeasured))
+    assert "fit therefore trains the baseline quickstart (the crop + flip baseline" in photos.reason
+    assert "no result yet" in photos.reason  # the kind is not measured, so no result is cited
+    assert photos.evidence == FALLBACK_RULE.evidence
 
 
 def test_a_kind_holds_each_property_within_a_factor_of_two_of_what_was_measured():
-    (rule,) = RECIPE_RULES
-    assert rule.kind == Kind(classes=(10, 10), per_class=(204, 204), median_side=(32, 224))
-    assert rule.kind.measured == "10 classes, 204 training images per class, 32–224 px median shorter side"
-    assert rule.kind.bounds == "5–20 classes, 102–408 training images per class, 16–448 px median shorter side"
+    small, many = RECIPE_RULES
+    assert small.kind == Kind(classes=(10, 10), per_class=(204, 204), median_side=(32, 224))
+    assert small.kind.measured == "10 classes, 204 training images per class, 32–224 px median shorter side"
+    assert small.kind.bounds == "5–20 classes, 102–408 training images per class, 16–448 px median shorter side"
+    assert many.kind.measured == "101 classes, 20 training images per class, 144 px median shorter side"
+    assert many.kind.bounds == "50.5–202 classes, 10–40 training images per class, 72–288 px median shorter side"
 
 
 @pytest.mark.parametrize(
@@ -201,12 +213,17 @@ def test_a_recipe_given_with_recipe_overrides_the_rules_at_the_size_of_the_rule_
 
 
 @pytest.mark.parametrize("side", [32, 60, 90, 100, 112, 500])
-def test_the_small_data_recipe_builds_at_every_geometry_it_allows(side):
-    choice = choose_recipe(num_train=2040, num_classes=10)
-    assert choice.rule == "small-data"
+@pytest.mark.parametrize(
+    ("classes", "per_class", "rule", "preset"),
+    [(10, 204, "small-data", "vit_lite_conv"), (101, 20, "many-classes", "vit_lite_stem")],
+)
+def test_the_rules_recipes_build_at_every_geometry_they_allow(side, classes, per_class, rule, preset):
+    choice = choose_recipe(num_train=classes * per_class, num_classes=classes)
+    (stage,) = load_recipe(choice.recipe).stages
+    assert choice.rule == rule and stage.model.preset == preset and stage.model.pos_embed is False
     geometry = choose_geometry([side], max_size=choice.max_image_size)
     backbone = build_backbone(
-        "vit_lite_conv", img_size=geometry.image_size, patch_size=geometry.patch_size, pos_embed=False, depth=1
+        preset, img_size=geometry.image_size, patch_size=geometry.patch_size, pos_embed=False, depth=1
     )
     output = backbone(torch.zeros(2, 3, geometry.image_size, geometry.image_size))
     assert output.grid == (geometry.grid, geometry.grid) and output.patch_tokens.shape[1] == geometry.grid**2
@@ -255,6 +272,14 @@ def test_small_data_is_relvit_joint_on_the_conv_tokenizer_without_a_position_emb
     assert named.model_dump(exclude=same) == spelled.model_dump(exclude=same)
     description = load_recipe(SMALL_DATA_RECIPE).description
     assert "vit_lite_conv" in description and not FIGURE.search(description)
+
+
+def test_small_data_stem_is_small_data_on_the_conv_stem():
+    (named,) = load_recipe(MANY_CLASSES_RECIPE).stages
+    (spelled,) = load_recipe("relvit-joint", ["model.preset=vit_lite_stem", "model.pos_embed=false"]).stages
+    same = {"name", "description"}
+    assert named.name == "small-data-stem" and named.model_dump(exclude=same) == spelled.model_dump(exclude=same)
+    assert not FIGURE.search(load_recipe(MANY_CLASSES_RECIPE).description)
 
 
 def test_recipes_lists_small_data_first():
