@@ -2,6 +2,7 @@
 ``small-data`` recipe they name."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from smallvit.cli import app
 from smallvit.config import available_recipes, load_recipe
+from smallvit.data.datasets import DATASETS
 from smallvit.errors import ConfigError, DataError
 from smallvit.fit import (
     FALLBACK_RULE,
@@ -24,7 +26,9 @@ from smallvit.fit import (
     given_recipe,
 )
 from smallvit.models import build_backbone
+from smallvit.sweep import load_sweep
 
+REPO = Path(__file__).resolve().parents[1]
 FIGURE = re.compile(r"\d+\.\d+|\d+(\.\d+)?x\b")  # a copied result: a decimal figure or a speed ratio
 
 
@@ -287,3 +291,36 @@ def test_recipes_lists_small_data_first():
     assert result.exit_code == 0, result.output
     names = [line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and line.split()[1]]
     assert names[0] == "small-data" and "quickstart" in names and names.count("small-data") == 1
+
+
+# ---------------------------------------------------------------- fit's choice is the protocol's row
+
+# Each development dataset as a folder of its source images shows it to fit: classes, training images per class and
+# the median shorter side of the files (results/sweeps/equal-time-*.yaml and the datasets page).
+DEVELOPMENT_FOLDERS = [
+    ("equal-time-cifar10.yaml", 10, 204, 32),
+    ("equal-time-imagenette.yaml", 10, 204, 224),
+    ("equal-time-caltech101.yaml", 101, 20, 144),
+    ("equal-time-eurosat.yaml", 10, 204, 64),
+]
+
+
+@pytest.mark.parametrize(("sweep_file", "classes", "per_class", "side"), DEVELOPMENT_FOLDERS)
+def test_fits_choice_for_each_development_dataset_is_the_equal_time_row_its_rule_cites(
+    sweep_file, classes, per_class, side
+):
+    """The row whose figures a rule cites trained what fit trains on such a folder (all but the data source and the
+    epochs, which fit takes from its budget), so the protocol measures fit's own choice."""
+    sweep = load_sweep(REPO / "results" / "sweeps" / sweep_file)
+    choice = choose_recipe(num_train=classes * per_class, num_classes=classes, median_side=side)
+    row = {"small-data": "small-data", "many-classes": "small-data-stem"}[choice.rule]
+    (run,) = [run for run in sweep.runs if run.name == row]
+    (protocol,) = load_recipe(run.recipe, [*sweep.overrides, *run.overrides]).stages
+    geometry = choose_geometry([side], max_size=choice.max_image_size)
+    batch = choose_batch(classes * per_class, protocol.train.batch_size, protocol.optim.lr)
+    patch = [f"model.patch_size={geometry.patch_size}", f"augment.main.ops.0.padding={geometry.patch_size}"]
+    (fitted,) = load_recipe(choice.recipe, [*patch, *batch.overrides]).stages
+    assert geometry.image_size == DATASETS[protocol.data.dataset].image_size
+    for part in ("model", "augment", "objectives", "optim"):
+        assert getattr(fitted, part) == getattr(protocol, part), part
+    assert fitted.train.model_dump(exclude={"epochs"}) == protocol.train.model_dump(exclude={"epochs"})
