@@ -689,6 +689,8 @@ def test_cli_compare_leave_one_out_writes_its_page(three_datasets, tmp_path, mon
     assert "| z | +49.00 | — | — |" in text
     result = CliRunner().invoke(app, ["compare", *paths, "--leave-one-out", "--json"])
     assert [c["chosen"] for c in json.loads(result.stdout)] == ["x", "x", "y"]
+    result = CliRunner().invoke(app, ["compare", *paths, "--leave-one-out", "--by-dataset"])
+    assert isinstance(result.exception, SmallViTError) and "give one of them per command" in str(result.exception)
 
 
 @pytest.mark.parametrize("page", sorted(REPO.glob("results/*/leave-one-out.md")), ids=lambda path: path.parent.name)

@@ -467,7 +467,7 @@ def sweep(
     epilog="Examples:\n\n  smallvit compare runs/sweeps/cifar10-sample-60ep --output results/cifar10-sample-60ep"
     "\n\n  smallvit compare results/legacy-20ep --baseline quickstart --json"
     "\n\n  smallvit compare results/cifar10-60ep results/imagenette-40ep --by-dataset"
-    "\n\n  smallvit compare results/equal-time-* --leave-one-out --output results/overview",
+    "\n\n  smallvit compare results/equal-time-* --leave-one-out --output results/equal-time-overview",
 )
 def compare(
     paths: Annotated[
@@ -513,6 +513,8 @@ def compare(
 
     from smallvit import compare as comparing
 
+    if by_dataset and leave_out:
+        raise SmallViTError("--by-dataset and --leave-one-out write different tables: give one of them per command")
     runs = comparing.rename_runs(comparing.collect_runs(paths, checkpoint), comparing.parse_aliases(alias or []))
     rows, notes = comparing.compare_rows(runs, baseline=baseline)
     rows = comparing.select_rows(rows, rows_shown.split(",")) if rows_shown else rows
