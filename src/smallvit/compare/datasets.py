@@ -92,7 +92,7 @@ def dataset_table(rows: list[Row]) -> Table:
     return rich_table(*dataset_cells(rows), NOTE)
 
 
-def _four(value: float | None) -> float | None:
+def four(value: float | None) -> float | None:
     """4 decimals, as the rows' JSON."""
     return None if value is None else round(value, 4)
 
@@ -105,9 +105,9 @@ def dataset_json(rows: list[Row]) -> list[dict]:
         {
             "name": line.name,
             "datasets": {
-                d: {"mean": _four(c.mean), "std": _four(c.std), "runs": c.runs}
-                | {"gain_mean": _four(c.gain_mean), "gain_std": _four(c.gain_std)}
-                | {"seconds_per_epoch": _four(c.seconds_per_epoch)}
+                d: {"mean": four(c.mean), "std": four(c.std), "runs": c.runs}
+                | {"gain_mean": four(c.gain_mean), "gain_std": four(c.gain_std)}
+                | {"seconds_per_epoch": four(c.seconds_per_epoch)}
                 for d, c in line.cells.items()
             },
         }
@@ -141,7 +141,7 @@ def write_dataset_table(rows: list[Row], output: str | Path, command: str | None
     for line in lines:
         for dataset, cell in line.cells.items():
             values = (cell.mean, cell.std, cell.gain_mean, cell.gain_std, cell.seconds_per_epoch)
-            figures = ["" if v is None else v for v in map(_four, values)]
+            figures = ["" if v is None else v for v in map(four, values)]
             writer.writerow([line.name, dataset, cell.runs, *figures])
     (output / "datasets.csv").write_text(table.getvalue())
     return [output / "datasets.md", output / "datasets.csv"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from smallvit.compare.datasets import MISSING, DatasetRow, dataset_rows
+from smallvit.compare.datasets import MISSING, DatasetRow, dataset_rows, four
 from smallvit.compare.report import markdown, rich_table
 from smallvit.compare.rows import Row
 from smallvit.errors import SmallViTError
@@ -143,10 +143,6 @@ def leave_one_out_table(rows: list[Row]) -> Table:
 
 def leave_one_out_json(rows: list[Row]) -> list[dict]:
     """One object per held-out dataset (gains in points, 4 decimals)."""
-
-    def four(value: float | None) -> float | None:
-        return None if value is None else round(value, 4)
-
     return [
         {
             "held_out": c.dataset,
