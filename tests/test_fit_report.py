@@ -105,7 +105,7 @@ def test_each_choice_is_one_console_line_with_its_rule_and_the_evidence_goes_to_
     outside = "2 classes (measured: 10), 9.5 training images per class (measured: 204)"  # 19 after validation
     assert f"Nothing was measured for this kind of folder: {outside}, more than a factor of 2 from what" in report
     assert "fit therefore trains the baseline `quickstart`. What each rule was measured on:" in report
-    kind = "measured on 10 classes, 204 training images per class, 32–224 px median shorter side; fires for 5–20 "
+    kind = "measured on 10 classes, 204 training images per class, 32–112 px trained side; fires for 5–20 "
     assert f"- rule `small-data` (`small-data`): {kind}" in report
     assert "- 20 optimizer steps of 16 images, equal to 10 epochs of 2 steps" in report
     assert "| batch | 16, lr 0.000125 | `batch-tenth` |" in report

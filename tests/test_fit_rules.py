@@ -83,7 +83,7 @@ def test_geometry_fits_the_decoded_images_in_memory():
 NOTHING_MEASURED = "nothing was measured for this kind of folder: "
 
 
-def test_the_folders_the_results_measured_get_small_data_and_other_kinds_the_baseline():
+def test_the_folders_the_results_measured_get_their_rules_and_other_kinds_the_baseline():
     small = choose_recipe(num_train=2040, num_classes=10, median_side=32)  # the CIFAR-10 sample of the evidence
     assert (small.recipe, small.rule, small.overrides, small.max_image_size) == ("small-data", "small-data", (), 112)
     assert small.text == "small-data" and small.unmeasured == ()
@@ -94,35 +94,35 @@ def test_the_folders_the_results_measured_get_small_data_and_other_kinds_the_bas
 
     caltech = choose_recipe(num_train=101 * 20, num_classes=101, median_side=144)  # caltech101-2020
     assert (caltech.recipe, caltech.rule, caltech.max_image_size) == ("small-data-stem", "many-classes", 112)
-    assert caltech.reason.startswith("101 classes, 20 training images per class, median shorter side 144 px: the kind")
+    assert caltech.reason.startswith(
+        "101 classes, 20 training images per class, median shorter side 144 px (trained at 112 px): the kind"
+    )
     assert "results: equal-time-caltech101, row small-data-stem" in caltech.reason and caltech.unmeasured == ()
 
-    photos = choose_recipe(num_train=102 * 20, num_classes=102, median_side=500)  # 500 px photos: not measured
-    assert (photos.recipe, photos.rule, photos.overrides, photos.max_image_size) == (
-        "quickstart",
-        "not-measured",
-        (),
-        224,
+    photos = choose_recipe(num_train=102 * 20, num_classes=102, median_side=500)  # trained at 112 px, as caltech
+    assert (photos.rule, photos.max_image_size) == ("many-classes", 112)
+    assert photos.reason.startswith("102 classes, 20 training images per class, median shorter side 500 px (trained at")
+
+    tiny = choose_recipe(num_train=102 * 20, num_classes=102, median_side=40)  # 40 px images: not measured
+    assert (tiny.recipe, tiny.rule, tiny.overrides, tiny.max_image_size) == ("quickstart", "not-measured", (), 224)
+    assert tiny.unmeasured == (
+        "102 classes (measured: 10), 20 training images per class (measured: 204), more than a factor of 2 from what "
+        "rule small-data was measured on",
+        "40 px trained side (measured: 112), more than a factor of 2 from what rule many-classes was measured on",
     )
-    assert photos.unmeasured == (
-        "102 classes (measured: 10), 20 training images per class (measured: 204), 500 px median shorter side "
-        "(measured: 32–224), more than a factor of 2 from what rule small-data was measured on",
-        "500 px median shorter side (measured: 144), more than a factor of 2 from what rule many-classes was measured "
-        "on",
-    )
-    assert photos.reason.startswith(NOTHING_MEASURED + "; ".join(photos.unmeasured))
-    assert "fit therefore trains the baseline quickstart (the crop + flip baseline" in photos.reason
-    assert "no result yet" in photos.reason  # the kind is not measured, so no result is cited
-    assert photos.evidence == FALLBACK_RULE.evidence
+    assert tiny.reason.startswith(NOTHING_MEASURED + "; ".join(tiny.unmeasured))
+    assert "fit therefore trains the baseline quickstart (the crop + flip baseline" in tiny.reason
+    assert "no result yet" in tiny.reason  # the kind is not measured, so no result is cited
+    assert tiny.evidence == FALLBACK_RULE.evidence
 
 
 def test_a_kind_holds_each_property_within_a_factor_of_two_of_what_was_measured():
     small, many = RECIPE_RULES
-    assert small.kind == Kind(classes=(10, 10), per_class=(204, 204), median_side=(32, 224))
-    assert small.kind.measured == "10 classes, 204 training images per class, 32–224 px median shorter side"
-    assert small.kind.bounds == "5–20 classes, 102–408 training images per class, 16–448 px median shorter side"
-    assert many.kind.measured == "101 classes, 20 training images per class, 144 px median shorter side"
-    assert many.kind.bounds == "50.5–202 classes, 10–40 training images per class, 72–288 px median shorter side"
+    assert small.kind == Kind(classes=(10, 10), per_class=(204, 204), trained_side=(32, 112))
+    assert small.kind.measured == "10 classes, 204 training images per class, 32–112 px trained side"
+    assert small.kind.bounds == "5–20 classes, 102–408 training images per class, 16–224 px trained side"
+    assert many.kind.measured == "101 classes, 20 training images per class, 112 px trained side"
+    assert many.kind.bounds == "50.5–202 classes, 10–40 training images per class, 56–224 px trained side"
 
 
 @pytest.mark.parametrize(
@@ -130,28 +130,29 @@ def test_a_kind_holds_each_property_within_a_factor_of_two_of_what_was_measured(
     [
         (10, 204, 112, []),  # imagenette-2040 as it was measured
         (5, 102, 16, []),  # every lower edge: half of what was measured
-        (20, 408, 448, []),  # every upper edge: twice
+        (20, 408, 112, []),  # the upper edges of classes and images per class: twice (the side is capped)
         (4, 204, 112, ["4 classes (measured: 10)"]),
         (21, 204, 112, ["21 classes (measured: 10)"]),
         (10, 101, 112, ["101 training images per class (measured: 204)"]),
         (10, 409, 112, ["409 training images per class (measured: 204)"]),
-        (10, 204, 15, ["15 px median shorter side (measured: 32–224)"]),
-        (10, 204, 449, ["449 px median shorter side (measured: 32–224)"]),
+        (10, 204, 15, ["15 px trained side (measured: 32–112)"]),
+        (10, 204, 3000, []),  # trained at 112 px, as imagenette-2040's 224 px photos
         (10, 204, None, []),  # an unknown median side is not checked
         (
             3,
             1001,
-            3000,
+            10,
             [
                 "3 classes (measured: 10)",
                 "1001 training images per class (measured: 204)",
-                "3000 px median shorter side (measured: 32–224)",
+                "10 px trained side (measured: 32–112)",
             ],
         ),
     ],
 )
 def test_the_factor_of_two_edges_of_the_small_data_kind(classes, per_class, side, outside):
-    assert RECIPE_RULES[0].kind.outside(classes, per_class, side) == outside
+    trained_side = None if side is None else min(side, RECIPE_RULES[0].max_image_size)
+    assert RECIPE_RULES[0].kind.outside(classes, per_class, trained_side) == outside
     choice = choose_recipe(num_train=classes * per_class, num_classes=classes, median_side=side)
     if not outside:
         assert (choice.rule, choice.recipe) == ("small-data", "small-data") and "nothing" not in choice.reason

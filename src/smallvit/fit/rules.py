@@ -6,12 +6,14 @@ the figures are in the results pages, ``docs/results.md``, not here). The first 
 a folder that no rule's kind holds gets :data:`FALLBACK_RULE`, the crop + flip baseline ``quickstart``, with a reason
 that says nothing was measured for this kind of folder and which of its properties lie outside.
 
-The kind of a folder: its number of classes, its training images per class and the median shorter side of its images
-in px. A rule's :class:`Kind` holds the range of each property its results were measured on; a folder counts as that
-kind when each property lies within a factor of two (:data:`KIND_FACTOR`) of the range, from half the lowest value
-measured to twice the highest. ``small-data`` was measured on 10 classes of 204 training images, 32–224 px, so it
-holds 5–20 classes, 102–408 images per class and 16–448 px; ``many-classes`` on 101 classes of 20 training photos of
-144 px, so it holds 50.5–202 classes, 10–40 images per class and 72–288 px.
+The kind of a folder: its number of classes, its training images per class and its trained side, the median shorter
+side of its images capped at the rule's largest image size (fit resizes larger images down to it, so that is what the
+model sees: a folder of 500 px photos and one of 144 px photos both train at 112 px). A rule's :class:`Kind` holds the
+range of each property its results were measured on; a folder counts as that kind when each property lies within a
+factor of two (:data:`KIND_FACTOR`) of the range, from half the lowest value measured to twice the highest.
+``small-data`` was measured on 10 classes of 204 training images, trained at 32–112 px, so it holds 5–20 classes,
+102–408 images per class and 16–224 px; ``many-classes`` on 101 classes of 20 training photos trained at 112 px, so it
+holds 50.5–202 classes, 10–40 images per class and 56–224 px.
 """
 
 from __future__ import annotations
@@ -63,23 +65,24 @@ def _span(low: float, high: float) -> str:
 @dataclass(frozen=True)
 class Kind:
     """The kind of folder a rule's results were measured on: the range (lowest, highest) of its number of classes,
-    training images per class and median shorter side in px. A folder is of this kind when each property lies within
-    a factor of :data:`KIND_FACTOR` of its range (see the module docstring)."""
+    training images per class and trained side in px (the median shorter side, at most the rule's image size). A
+    folder is of this kind when each property lies within a factor of :data:`KIND_FACTOR` of its range (see the module
+    docstring)."""
 
     classes: tuple[float, float]
     per_class: tuple[float, float]
-    median_side: tuple[float, float]
+    trained_side: tuple[float, float]
 
     def _properties(self) -> tuple[tuple[str, tuple[float, float]], ...]:
         return (
             ("classes", self.classes),
             ("training images per class", self.per_class),
-            ("px median shorter side", self.median_side),
+            ("px trained side", self.trained_side),
         )
 
     @property
     def measured(self) -> str:
-        """``"10 classes, 204 training images per class, 32–224 px median shorter side"``."""
+        """``"10 classes, 204 training images per class, 32–112 px trained side"``."""
         return ", ".join(f"{_span(*span)} {what}" for what, span in self._properties())
 
     @property
@@ -89,11 +92,11 @@ class Kind:
             f"{_span(low / KIND_FACTOR, high * KIND_FACTOR)} {what}" for what, (low, high) in self._properties()
         )
 
-    def outside(self, num_classes: int, per_class: float, median_side: float | None) -> list[str]:
-        """The folder's properties outside this kind, each as ``"101 classes (measured: 10)"`` (a None median side
-        is not checked); empty when the folder is of this kind."""
+    def outside(self, num_classes: int, per_class: float, trained_side: float | None) -> list[str]:
+        """The folder's properties outside this kind, each as ``"101 classes (measured: 10)"`` (a None side is not
+        checked); empty when the folder is of this kind."""
         notes = []
-        for (what, (low, high)), value in zip(self._properties(), (num_classes, per_class, median_side)):
+        for (what, (low, high)), value in zip(self._properties(), (num_classes, per_class, trained_side)):
             if value is not None and not low / KIND_FACTOR <= value <= high * KIND_FACTOR:
                 notes.append(f"{_number(value)} {what} (measured: {_span(low, high)})")
         return notes
@@ -119,8 +122,9 @@ RECIPE_RULES: tuple[RecipeRule, ...] = (
     RecipeRule(
         "small-data",
         SMALL_DATA_RECIPE,
-        # the CIFAR-10 sample and imagenette-2040: 10 classes of 204 training images, 32 px and 224 px files
-        kind=Kind(classes=(10, 10), per_class=(204, 204), median_side=(32, 224)),
+        # the CIFAR-10 sample and imagenette-2040: 10 classes of 204 training images, 32 px files and 224 px ones
+        # trained at 112 px
+        kind=Kind(classes=(10, 10), per_class=(204, 204), trained_side=(32, CONV_TOKENIZER_MAX_SIZE)),
         max_image_size=CONV_TOKENIZER_MAX_SIZE,
         why="relvit-joint on the conv tokenizer without a position embedding, the best recipe of the results at equal "
         f"time, on images of at most {CONV_TOKENIZER_MAX_SIZE} px",
@@ -160,8 +164,8 @@ RECIPE_RULES: tuple[RecipeRule, ...] = (
     RecipeRule(
         "many-classes",
         MANY_CLASSES_RECIPE,
-        # caltech101-2020: 101 classes of 20 training photos, 144 px files
-        kind=Kind(classes=(101, 101), per_class=(20, 20), median_side=(144, 144)),
+        # caltech101-2020: 101 classes of 20 training photos, 144 px files trained at 112 px
+        kind=Kind(classes=(101, 101), per_class=(20, 20), trained_side=(CONV_STEM_MAX_SIZE, CONV_STEM_MAX_SIZE)),
         max_image_size=CONV_STEM_MAX_SIZE,
         why="relvit-joint on the conv stem without a position embedding, the equal-time row with the best validation "
         "gain over the baseline on the many-class development dataset (seed 0 so far; seeds 1 and 2 are queued), on "
@@ -229,16 +233,20 @@ def choose_recipe(
 ) -> RecipeChoice:
     """The first rule of ``rules`` whose kind holds this folder (``median_side`` None: not checked), else ``fallback``.
 
-    The reason names the folder, the kind the rule was measured on, the rule's why and its first result; the
-    fallback's says that nothing was measured for this kind of folder and which properties lie outside each rule's
-    kind (also in :attr:`RecipeChoice.unmeasured`), and that fit therefore trains the baseline.
+    A rule sees the folder's trained side: ``median_side`` capped at the rule's ``max_image_size``. The reason names
+    the folder, the kind the rule was measured on, the rule's why and its first result; the fallback's says that
+    nothing was measured for this kind of folder and which properties lie outside each rule's kind (also in
+    :attr:`RecipeChoice.unmeasured`), and that fit therefore trains the baseline.
     """
     per_class = num_train / max(num_classes, 1)
     unmeasured = []
     for rule in rules:
-        outside = rule.kind.outside(num_classes, per_class, median_side) if rule.kind else []
+        trained_side = None if median_side is None else min(median_side, rule.max_image_size)
+        outside = rule.kind.outside(num_classes, per_class, trained_side) if rule.kind else []
         if not outside:
             side = "" if median_side is None else f", median shorter side {_number(median_side)} px"
+            if trained_side is not None and trained_side < median_side:
+                side += f" (trained at {_number(trained_side)} px)"
             kind = (
                 f"the kind of folder rule {rule.id} was measured on ({rule.kind.measured}; each within a factor of "
                 f"{KIND_FACTOR})"
