@@ -5,17 +5,13 @@ given with ``--recipe``), and balanced accuracy beside top-1 on an unbalanced te
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from smallvit.engine.pictures import class_summary
 from smallvit.fit import (
     RECIPE_RULES,
     FitResult,
     FolderSummary,
-    balanced_accuracy,
     batch_line,
     choose_batch,
     choose_geometry,
@@ -126,15 +122,6 @@ def test_the_report_cites_the_rule_that_fired_or_says_the_recipe_was_given(tmp_p
     assert "| recipe | `small-data` | `given` | given with --recipe |" in given
     assert "The recipe was given with `--recipe`; no rule chose it." in given and "- rule `small-data`" in given
     assert "rests on these results" not in given
-
-
-def test_balanced_accuracy_is_the_mean_per_class_recall():
-    labels = torch.tensor([0] * 10 + [1] * 2)  # class c has no image
-    predictions = torch.tensor([0] * 8 + [1] * 2 + [0, 1])  # recalls 8/10 and 1/2
-    summary = class_summary(torch.eye(3)[predictions], labels, ["a", "b", "c"])  # what the model card reads
-    assert summary["per_class"] == {"a": 0.8, "b": 0.5, "c": None} and summary["accuracy"] == 0.75
-    assert balanced_accuracy(summary["per_class"]) == pytest.approx(0.65)
-    assert balanced_accuracy({"a": None}) is None
 
 
 def test_an_unbalanced_test_split_reports_balanced_accuracy_beside_top1(tmp_path):

@@ -269,7 +269,8 @@ def fit(
     """Train the best model this folder of images can give: size, patch, recipe and epochs chosen from the data and
     the budget (each choice and why printed and kept in report.md), then evaluate, export and explain it."""
     from smallvit.engine.trainer import epochs_text
-    from smallvit.fit import balanced_accuracy, fit_folder, parse_duration
+    from smallvit.fit import fit_folder, parse_duration
+    from smallvit.metrics.classification import balanced_accuracy_from_per_class
 
     if on_bad_file not in ("error", "skip"):
         raise SmallViTError(f"--on-bad-file {on_bad_file!r} is not valid: use error or skip")
@@ -297,7 +298,7 @@ def fit(
         if result.slowdown and result.after_decoding_s > result.budget_s:
             spent += f", epochs {result.slowdown:.1f}x slower than measured"
     if result.test_classes:
-        balanced = balanced_accuracy(result.test_classes["per_class"])
+        balanced = balanced_accuracy_from_per_class(result.test_classes["per_class"])
         lines.append(f"balanced test accuracy (mean per-class recall; the classes are unbalanced): {balanced:.4f}")
     lines += [
         f"{epochs_text(run)} of {result.recipe.text} at {result.geometry.image_size} px / patch "

@@ -1,10 +1,8 @@
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-import smallvit.engine.trainer as trainer
-from smallvit.metrics.classification import balanced_accuracy, is_balanced
+from smallvit.engine.pictures import class_summary
+from smallvit.metrics.classification import balanced_accuracy, balanced_accuracy_from_per_class, is_balanced
 
 
 def test_balanced_accuracy_is_the_mean_of_per_class_recalls():
@@ -29,14 +27,12 @@ def test_is_balanced_counts_only_the_classes_present(labels, balanced):
     assert is_balanced(torch.tensor(labels, dtype=torch.long)) is balanced
 
 
-def test_the_trainer_records_balanced_accuracy_only_on_an_unbalanced_test_split(monkeypatch):
-    probabilities = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]])  # predicts 0, 0, 1, 1
-    monkeypatch.setattr(trainer, "predict_split", lambda exp, model, data: probabilities)
-    unbalanced = SimpleNamespace(test=SimpleNamespace(labels=torch.tensor([0, 0, 0, 1])), classes=["a", "b"])
-    assert trainer.balanced_test_accuracy(unbalanced, None) == {
-        "test/supervised/balanced_acc1": pytest.approx((2 / 3 + 1) / 2)
-    }
-    balanced = SimpleNamespace(test=SimpleNamespace(labels=torch.tensor([0, 0, 1, 1])), classes=["a", "b"])
-    assert trainer.balanced_test_accuracy(balanced, None) == {}
-    monkeypatch.setattr(trainer, "predict_split", lambda exp, model, data: None)  # a stage without a classifier
-    assert trainer.balanced_test_accuracy(unbalanced, None) == {}
+def test_balanced_accuracy_from_a_class_summary_leaves_out_the_classes_without_images():
+    labels = torch.tensor([0] * 10 + [1] * 2)  # class c has no image
+    predictions = torch.tensor([0] * 8 + [1] * 2 + [0, 1])  # recalls 8/10 and 1/2
+    summary = class_summary(torch.eye(3)[predictions], labels, ["a", "b", "c"])  # what the model card reads
+    assert summary["per_class"] == {"a": 0.8, "b": 0.5, "c": None} and summary["accuracy"] == 0.75
+    assert balanced_accuracy_from_per_class(summary["per_class"]) == pytest.approx(0.65)
+    assert balanced_accuracy_from_per_class(summary["per_class"]) == balanced_accuracy(predictions, labels, 3)
+    assert balanced_accuracy_from_per_class({"a": None}) is None
+    assert balanced_accuracy(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 2) is None

@@ -27,6 +27,7 @@ from smallvit.engine.experiment import geometry, read_run_config
 from smallvit.engine.pictures import class_summary, predict_split
 from smallvit.errors import SmallViTError
 from smallvit.export.onnx import INPUT, ONNX_FILE, OUTPUT
+from smallvit.metrics.classification import balanced_accuracy_from_per_class
 from smallvit.models.presets import PRESETS
 from smallvit.runs import load_run
 
@@ -255,8 +256,8 @@ def _results(run_dir: Path, checkpoint: str, summary: dict, classes: list[str], 
         return lines + [""]
     accuracy, counts = per_class
     if split == "test" and len(set(splits["test"]["per_class"])) > 1:
-        balanced = [a for a in accuracy.values() if a is not None]
-        lines += [f"| test, balanced (mean of the per-class top-1) | {_percent(sum(balanced) / len(balanced))} |"]
+        balanced = balanced_accuracy_from_per_class(accuracy)
+        lines += [f"| test, balanced (mean of the per-class top-1) | {_percent(balanced)} |"]
     train = splits.get("train", {}).get("per_class") or [None] * len(classes)
     lines += [
         "",

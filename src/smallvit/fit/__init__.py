@@ -40,7 +40,6 @@ from smallvit.fit.plan import (
     too_little,
 )
 from smallvit.fit.report import (
-    balanced_accuracy,
     batch_line,
     class_overview,
     geometry_line,
@@ -103,7 +102,6 @@ __all__ = [
     "RecipeChoice",
     "RecipeRule",
     "Speed",
-    "balanced_accuracy",
     "batch_line",
     "check_folder",
     "choose",

@@ -13,6 +13,7 @@ from smallvit.fit.plan import EpochPlan
 from smallvit.fit.result import FitResult
 from smallvit.fit.rules import KIND_FACTOR, RECIPE_RULES, RESULTS_PAGE, BatchChoice, Geometry, RecipeChoice, cite
 from smallvit.fit.scan import FolderSummary, distribution
+from smallvit.metrics.classification import balanced_accuracy_from_per_class
 
 MAX_TABLE_CLASSES = 20  # more classes: one line of images per class (min / median / max) instead of a table
 
@@ -80,13 +81,6 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"
 
 
-def balanced_accuracy(per_class: dict[str, float | None]) -> float | None:
-    """The mean of the per-class recalls (top-1 per class, as :func:`smallvit.engine.pictures.class_summary` gives
-    them; None for a class without images, left out); None when no class has images."""
-    present = [value for value in per_class.values() if value is not None]
-    return sum(present) / len(present) if present else None
-
-
 # ---------------------------------------------------------------- report.md
 
 
@@ -108,7 +102,7 @@ def _headline(result: FitResult, keys: tuple[str, str], has_test: bool) -> str:
         headline += f"; test top-1 of the exported checkpoint **{percent(best_test)}**"
         headline += f" (final weights {percent(final.get(test_key))})"
     if result.test_classes:
-        balanced = balanced_accuracy(result.test_classes["per_class"])
+        balanced = balanced_accuracy_from_per_class(result.test_classes["per_class"])
         headline += f", balanced accuracy (mean per-class recall) **{percent(balanced)}**: the test split is unbalanced"
     return headline + "."
 
@@ -219,12 +213,12 @@ def _results_section(result: FitResult, keys: tuple[str, str], has_test: bool, a
     if has_test:
         lines.append(f"| test | {percent(final.get(test_key))} | {percent((best.get('test') or {}).get(test_key))} |")
     if result.test_classes:
-        balanced = percent(balanced_accuracy(result.test_classes["per_class"]))
+        balanced = percent(balanced_accuracy_from_per_class(result.test_classes["per_class"]))
         lines.append(f"| test, balanced (mean per-class recall) | – | {balanced} |")
     confusion = analysis.get("confusion") or []
     if analysis.get("per_class") and len({sum(row) for row in confusion}) > 1:  # an unbalanced validation split
         split = "validation" if analysis.get("split") == "val" else analysis.get("split")
-        balanced = percent(balanced_accuracy(analysis["per_class"]))
+        balanced = percent(balanced_accuracy_from_per_class(analysis["per_class"]))
         lines.append(f"| {split}, balanced (mean per-class recall, {analysis.get('weights')}) | – | {balanced} |")
     lines.append("")
     if analysis.get("per_class"):

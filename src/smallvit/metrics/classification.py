@@ -10,9 +10,14 @@ Example:
     [0.5, 1.0]
     >>> balanced_accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), num_classes=2)  # (0.5 + 1.0) / 2
     0.75
+    >>> balanced_accuracy_from_per_class({"cat": 0.5, "dog": 1.0, "owl": None})  # owl: no images
+    0.75
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -32,10 +37,20 @@ def per_class_accuracy(confusion: Tensor) -> Tensor:
     return (confusion.diagonal().double() / totals).where(totals > 0, torch.full_like(totals, float("nan")))
 
 
-def balanced_accuracy(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
+def balanced_accuracy(predictions: Tensor, labels: Tensor, num_classes: int) -> float | None:
     """Top-1 averaged over the classes that have images (mean per-class recall): what top-1 is on a balanced split,
-    and the fair figure on an unbalanced one, where top-1 weighs the large classes more."""
-    return float(per_class_accuracy(confusion_matrix(predictions, labels, num_classes)).nanmean())
+    and the fair figure on an unbalanced one, where top-1 weighs the large classes more. None without images."""
+    return balanced_accuracy_from_per_class(per_class_accuracy(confusion_matrix(predictions, labels, num_classes)))
+
+
+def balanced_accuracy_from_per_class(per_class: Tensor | Mapping[str, float | None]) -> float | None:
+    """:func:`balanced_accuracy` from accuracies already computed per class (:func:`per_class_accuracy`'s tensor, or
+    a class summary's ``per_class`` dict): their mean over the classes with images (NaN or None: without); None when
+    no class has images."""
+    if isinstance(per_class, Mapping):
+        per_class = torch.tensor([math.nan if a is None else a for a in per_class.values()], dtype=torch.float64)
+    mean = per_class.double().nanmean()
+    return None if mean.isnan() else float(mean)
 
 
 def is_balanced(labels: Tensor) -> bool:
