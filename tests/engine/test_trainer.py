@@ -17,12 +17,14 @@ from smallvit.config import load_recipe
 from smallvit.data.batch import Batch
 from smallvit.data.pipeline import ViewSpec
 from smallvit.engine.checkpoint import load_checkpoint
-from smallvit.engine.experiment import build_experiment, read_run_config, resolve_device
+from smallvit.engine.experiment import EvalSet, build_experiment, read_run_config, resolve_device
+from smallvit.engine.pictures import predict_split
 from smallvit.engine.runner import resume_run
 from smallvit.engine.schedules import warmup_cosine
 from smallvit.engine.trainer import NonFiniteLoss, evaluate, objective_weights, optimizer_step, train
 from smallvit.errors import SmallViTError
 from smallvit.metrics import extract_features, knn_accuracy
+from smallvit.metrics.classification import balanced_accuracy
 
 TINY = [
     "data.subset.per_class=4",  # 40 training images: 2 steps per epoch at batch 20
@@ -336,6 +338,53 @@ def test_evaluate_draws_the_same_masks_every_time_and_leaves_the_training_rng_al
     with torch.no_grad():
         unseeded = trainer._evaluate(exp, exp.model, exp.val, "val")
     assert unseeded["val/loss"] != first["val/loss"]
+
+
+def _unbalanced_test(exp):
+    """``exp`` with its first test image of class 0 left out: 19 test images, 1 of class 0 and 2 of each other."""
+    keep = torch.ones(len(exp.test.labels), dtype=torch.bool)
+    keep[(exp.test.labels == 0).nonzero()[0]] = False
+    return dataclasses.replace(exp, test=EvalSet("test", exp.test.images[keep], exp.test.labels[keep]))
+
+
+def test_evaluate_adds_balanced_accuracy_on_an_unbalanced_split_from_its_own_forward_passes():
+    exp = _unbalanced_test(build_experiment(_stage("train.batch_size=8")))  # batches of 8, 8 and 3
+    head = exp.model.classifier_state()
+    with torch.no_grad():  # every image predicted class 0
+        head["head.weight"].zero_()
+        head["head.bias"].copy_(torch.eye(len(exp.classes))[0])
+    passes = []
+    exp.model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    plain = evaluate(exp, exp.model, "test")
+    metrics = evaluate(exp, exp.model, "test", balanced=True)
+    assert len(passes) == 2 * 3  # one backbone pass per batch, with or without balanced accuracy
+    assert plain["test/supervised/acc1"] == pytest.approx(1 / 19)
+    assert metrics == {**plain, "test/supervised/balanced_acc1": 0.1}  # recall 1 of class 0, 0 of the 9 others
+
+
+def test_evaluate_adds_no_balanced_accuracy_on_a_balanced_split_or_without_a_classifier():
+    balanced = build_experiment(_stage())  # 2 test images of each class
+    assert evaluate(balanced, balanced.model, "test", balanced=True) == evaluate(balanced, balanced.model, "test")
+    pretraining = _unbalanced_test(build_experiment(_stage(recipe="mae-pretrain")))
+    metrics = evaluate(pretraining, pretraining.model, "test", balanced=True)
+    assert metrics == evaluate(pretraining, pretraining.model, "test") and "test/mae/loss" in metrics
+
+
+def test_the_summary_has_balanced_accuracy_of_the_last_and_best_weights_on_an_unbalanced_test_split(
+    tmp_path, monkeypatch
+):
+    real_build = trainer.build_experiment
+    monkeypatch.setattr(trainer, "build_experiment", lambda config: _unbalanced_test(real_build(config)))
+    run, summary, _ = _train(tmp_path, "epochs=2", "train.eval_every=1", "train.ema_decay=0.9")
+    for checkpoint, metrics in (("last", summary["final"]), ("best", summary["best"]["test"])):
+        exp, model = _reloaded(run, checkpoint)
+        exp = _unbalanced_test(exp)
+        predictions = predict_split(exp, model, exp.test).argmax(dim=1)
+        expected = balanced_accuracy(predictions, exp.test.labels, len(exp.classes))
+        assert metrics["test/supervised/balanced_acc1"] == expected
+    assert not any("balanced" in key for key in summary["final"] if key.startswith(("val/", "test/ema/")))
+    test_record = _records(run, "test")[-1]
+    assert test_record["best/test/supervised/balanced_acc1"] == summary["best"]["test"]["test/supervised/balanced_acc1"]
 
 
 def test_precision_is_resolved_once_per_run_and_per_evaluation_not_per_micro_batch(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ has no per-method cases. Distributed training (``torchrun``) is the few lines ma
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from smallvit.engine.ema import Ema
 from smallvit.engine.experiment import EvalSet, Experiment, build_experiment, write_json
 from smallvit.engine.logging import LogWindow, MetricsLog, headline, make_progress, plot_curves, read_metrics
 from smallvit.engine.memory import keep_freed_memory
-from smallvit.engine.pictures import draw_run_pictures, predict_split
+from smallvit.engine.pictures import draw_run_pictures
 from smallvit.engine.provenance import device_name, git_commit, provenance, versions
 from smallvit.engine.schedules import run_fraction, warmup_cosine
 from smallvit.engine.signals import Interrupted, StopRequest
@@ -142,20 +143,26 @@ def objective_weights(config: RunConfig, epoch: float) -> list[float]:
 
 @torch.no_grad()
 def evaluate(
-    exp: Experiment, model: torch.nn.Module, split: str = "val", prefix: str | None = None
+    exp: Experiment, model: torch.nn.Module, split: str = "val", prefix: str | None = None, balanced: bool = False
 ) -> dict[str, float]:
     """Every objective's loss and metrics on the ``val`` or ``test`` split, averaged over images, keyed
     ``<prefix>/<objective>/<metric>`` (prefix: the split's name).
+
+    balanced: also ``<prefix>/supervised/balanced_acc1``, top-1 averaged over classes, when the split's classes are
+        unbalanced (e.g. Caltech-101's test split), where it differs from top-1; read from the classifier's output in
+        the same forward passes. Nothing more on a balanced split or without a classifier.
 
     Objectives that draw at random (MAE masks, sampled relation pairs) draw the same at every evaluation, from a
     fixed seed on a forked RNG, so evaluation losses compare across epochs and training's random stream is untouched.
     """
     with torch.random.fork_rng(devices=[exp.device] if exp.device.type == "cuda" else []):
         torch.manual_seed(0)
-        return _evaluate(exp, model, exp.eval_set(split), prefix or split)
+        return _evaluate(exp, model, exp.eval_set(split), prefix or split, balanced)
 
 
-def _evaluate(exp: Experiment, model: torch.nn.Module, data: EvalSet, prefix: str) -> dict[str, float]:
+def _evaluate(
+    exp: Experiment, model: torch.nn.Module, data: EvalSet, prefix: str, balanced: bool = False
+) -> dict[str, float]:
     config = exp.config
     model.eval()
     sums: dict[str, float] = {}
@@ -163,21 +170,47 @@ def _evaluate(exp: Experiment, model: torch.nn.Module, data: EvalSet, prefix: st
     batch_size = config.train.batch_size
     weights = objective_weights(config, config.train.epochs)
     precision = resolve_precision(config.train.precision, exp.device)
-    for start in range(0, len(data.labels), batch_size):
-        images = data.images[start : start + batch_size]
-        labels = data.labels[start : start + batch_size]
-        indices = torch.arange(start, start + len(labels), device=exp.device)
-        main = exp.eval_augment(images, labels, indices, None, 0).main
-        batch = Batch({name: main for name in config.augment})
-        with autocast(exp.device, precision):
-            loss, metrics = model(batch, weights, training=False)
-        if loss is not None:
-            metrics["loss"] = loss
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * len(labels)
-        count += len(labels)
+    head = _classifier_head(model) if balanced and not is_balanced(data.labels) else None
+    predictions: list[Tensor] = []
+    with nullcontext([]) if head is None else _outputs_of(head) as logits:
+        for start in range(0, len(data.labels), batch_size):
+            images = data.images[start : start + batch_size]
+            labels = data.labels[start : start + batch_size]
+            indices = torch.arange(start, start + len(labels), device=exp.device)
+            main = exp.eval_augment(images, labels, indices, None, 0).main
+            batch = Batch({name: main for name in config.augment})
+            with autocast(exp.device, precision):
+                loss, metrics = model(batch, weights, training=False)
+            if logits:  # the class logits, once per view the classifier reads: all are this batch's view
+                predictions.append(logits[-1].argmax(dim=1))
+                logits.clear()
+            if loss is not None:
+                metrics["loss"] = loss
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * len(labels)
+            count += len(labels)
     model.train()
-    return {f"{prefix}/{key}": value / count for key, value in sums.items()}
+    results = {f"{prefix}/{key}": value / count for key, value in sums.items()}
+    if predictions:
+        accuracy = balanced_accuracy(torch.cat(predictions), data.labels, len(exp.classes))
+        results[f"{prefix}/supervised/balanced_acc1"] = accuracy
+    return results
+
+
+def _classifier_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module whose output is the class logits: the head of the objective that holds the classifier."""
+    return next((o.head for o in model.objectives if o.classifier_state() is not None), None)
+
+
+@contextmanager
+def _outputs_of(module: torch.nn.Module) -> Iterator[list[Tensor]]:
+    """A list that gathers ``module``'s outputs (a forward hook) while the context is open."""
+    outputs: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _module, _args, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def online_knn(exp: Experiment, backbone: torch.nn.Module) -> dict[str, float]:
@@ -823,29 +856,16 @@ def _test(run: Run, final: dict[str, float], epochs_run: float) -> tuple[dict[st
         best_tensors, best_state = load_checkpoint(run.checkpoints / "best.safetensors", prefix="model.")
     if exp.test is None:
         return best_test, best_state
-    final.update(evaluate(exp, model, "test"))
-    final.update(balanced_test_accuracy(exp, model))
+    final.update(evaluate(exp, model, "test", balanced=True))
     if run.ema is not None:
         final.update(evaluate(exp, run.ema.module, "test", prefix="test/ema"))
     if best_state:
         last_weights = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_tensors)
-        best_test = {**evaluate(exp, model, "test"), **balanced_test_accuracy(exp, model)}
+        best_test = evaluate(exp, model, "test", balanced=True)
         model.load_state_dict(last_weights)
     run.log.write({"kind": "test", "step": run.step, "epoch": epochs_run, **final, **prefixed("best/", best_test)})
     return best_test, best_state
-
-
-def balanced_test_accuracy(exp: Experiment, model: torch.nn.Module) -> dict[str, float]:
-    """``test/supervised/balanced_acc1``, top-1 averaged over classes, when the test split's classes are unbalanced
-    (e.g. Caltech-101's), where it differs from top-1; nothing on a balanced split or without a classifier."""
-    labels = exp.test.labels.cpu()
-    if is_balanced(labels):
-        return {}
-    probabilities = predict_split(exp, model, exp.test)
-    if probabilities is None:
-        return {}
-    return {"test/supervised/balanced_acc1": balanced_accuracy(probabilities.argmax(dim=1), labels, len(exp.classes))}
 
 
 def epochs_text(summary: dict) -> str:
