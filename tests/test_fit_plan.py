@@ -28,8 +28,6 @@ def test_fits_own_time_is_budgeted_part_by_part():
     assert sum(parts.values()) == 17.5 and parts["measuring"] == 5 and parts["pictures"] == 4
     extra = fit_parts(SPEED, measuring_s=5, test_passes=2)
     assert sum(extra.values()) == 17.5 + 2 * (1.5 + 1.0)  # each test pass after the export: a set-up and the pass
-    unbalanced = fit_parts(SPEED, measuring_s=5, unbalanced_test=True)
-    assert sum(unbalanced.values()) == 17.5 + 2 * 1.0  # the final and best weights' balanced accuracy: 2 more passes
 
 
 def test_the_training_loop_gets_the_rest_of_the_budget_and_the_clock_schedules_it():

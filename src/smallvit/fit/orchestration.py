@@ -141,9 +141,7 @@ def _measure_and_plan(
     started = time.perf_counter()
     speed = measure_speed(choices.config, run_dir, seconds=min(2.0, 0.03 * budget_s))
     measure_s = time.perf_counter() - started
-    has_test = "test" in summary.counts
-    unbalanced = has_test and not summary.balanced("test")
-    plan = plan_epochs(budget_s, speed, spent_s=measure_s, test_passes=int(has_test), unbalanced_test=unbalanced)
+    plan = plan_epochs(budget_s, speed, spent_s=measure_s, test_passes=int("test" in summary.counts))
     return plan, speed, measure_s
 
 

@@ -65,21 +65,18 @@ class EpochPlan:
         return out
 
 
-def fit_parts(
-    speed: Speed, measuring_s: float, test_passes: int = 0, unbalanced_test: bool = False
-) -> dict[str, float]:
+def fit_parts(speed: Speed, measuring_s: float, test_passes: int = 0) -> dict[str, float]:
     """fit's own seconds after decoding, by part: everything in the budget outside the training loop.
 
     test_passes: evaluations of the exported weights on the test split after the export, each with its set-up (the
-        model card's accuracy per class, which the report's balanced accuracy reuses).
-    unbalanced_test: the test split's classes are unbalanced, so the trainer's test of the final and best weights
-        also predicts every image once more for their balanced accuracy.
+        model card's accuracy per class, which the report's balanced accuracy reuses). The trainer's own test of the
+        final and best weights takes one pass each, balanced accuracy included.
     """
     parts = {
         "measuring": measuring_s,
         "set-ups (training, export)": 2 * speed.setup_s,
         "final validation": speed.eval_s,
-        "test passes (final and best weights)": (4 if unbalanced_test else 2) * speed.test_s,
+        "test passes (final and best weights)": 2 * speed.test_s,
         "pictures": speed.pictures_s,
         "the step and checkpoint that end at the budget": speed.step_s + speed.checkpoint_s,
     }
@@ -96,18 +93,16 @@ def _eval_every(epochs: float) -> int:
     return max(1, round(epochs / EVALUATIONS))
 
 
-def plan_epochs(
-    budget_s: float, speed: Speed, spent_s: float = 0.0, test_passes: int = 0, unbalanced_test: bool = False
-) -> EpochPlan:
+def plan_epochs(budget_s: float, speed: Speed, spent_s: float = 0.0, test_passes: int = 0) -> EpochPlan:
     """The training that ``budget_s`` holds at ``speed``, after fit's own :func:`fit_parts` (``spent_s``: the
-    measuring already done; ``test_passes``, ``unbalanced_test``: see there).
+    measuring already done; ``test_passes``: see there).
 
     The training loop gets the rest of the budget as ``train.time_budget_s``; its epochs are counted at the measured
     epoch time (steps + checkpoint + a validation pass every ``eval_every`` epochs, about 20 evaluations in all).
     ``train.epochs`` caps the run at twice the epochs expected, so that the clock ends it even on a machine faster
     than measured.
     """
-    parts = fit_parts(speed, spent_s, test_passes, unbalanced_test)
+    parts = fit_parts(speed, spent_s, test_passes)
     train_s = max(math.floor((budget_s - sum(parts.values())) * 100) / 100, 0.01)  # rounded down: within the budget
     eval_every = _eval_every(train_s / _epoch_seconds(speed, 1))
     epoch_s = _epoch_seconds(speed, eval_every)
