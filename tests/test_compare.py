@@ -545,6 +545,14 @@ def test_the_table_across_datasets_refuses_two_protocols_of_a_row_on_one_dataset
         dataset_cells(rows)
 
 
+def test_only_the_table_of_rows_notes_a_row_shown_once_per_dataset(tmp_path):
+    cifar = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40]})
+    euro = _study(tmp_path / "b", "eurosat-2040", {"weak": [0.70]})
+    runs = collect_runs([cifar, euro])
+    assert any("has runs under several protocols" in note for note in compare_rows(runs)[1])
+    assert compare_rows(runs, datasets_as_columns=True)[1] == []
+
+
 def test_cli_compare_by_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.console, "_width", 250)
     cifar = _study(tmp_path / "a", "cifar10-sample", {"weak": [0.40, 0.42]})
@@ -559,6 +567,7 @@ def test_cli_compare_by_dataset(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["compare", str(cifar), str(euro), "--by-dataset", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "41.00 ± 1.41 (2)" in result.output and "--by-dataset --output" in (out / "datasets.md").read_text()
+    assert "several protocols" not in result.output  # the datasets are the table's columns
     assert not (out / "report.md").exists()
 
 

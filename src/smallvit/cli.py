@@ -517,7 +517,7 @@ def compare(
     if by_dataset and leave_out:
         raise SmallViTError("--by-dataset and --leave-one-out write different tables: give one of them per command")
     runs = comparing.rename_runs(comparing.collect_runs(paths, checkpoint), comparing.parse_aliases(alias or []))
-    rows, notes = comparing.compare_rows(runs, baseline=baseline)
+    rows, notes = comparing.compare_rows(runs, baseline=baseline, datasets_as_columns=by_dataset or leave_out)
     rows = comparing.select_rows(rows, rows_shown.split(",")) if rows_shown else rows
     for note in notes:
         err_console.print(f"note: {note}", markup=False, highlight=False)

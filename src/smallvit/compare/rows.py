@@ -222,8 +222,12 @@ def _baselines(rows: list[Row], baseline: str | None) -> list[Row]:
     return chosen
 
 
-def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[list[Row], list[str]]:
-    """Group runs into rows and compute their statistics; returns the rows and notes (duplicates dropped).
+def compare_rows(
+    runs: list[RunResult], baseline: str | None = None, datasets_as_columns: bool = False
+) -> tuple[list[Row], list[str]]:
+    """Group runs into rows and compute their statistics; returns the rows and notes (duplicates dropped, a row
+    shown as several because its runs differ in protocol; not the latter with ``datasets_as_columns``, for the
+    tables across datasets, whose columns are those rows and which refuse two protocols on one dataset).
 
     The baseline rows come first, then the other rows of the baseline's sweep, then the rest in sweep order (by each
     sweep's first appearance, then the row's place in its sweep file), then in the order the runs were found.
@@ -232,7 +236,7 @@ def compare_rows(runs: list[RunResult], baseline: str | None = None) -> tuple[li
     names = _disambiguate(groups)
     rows = [_row(names[key], key, members) for key, members in groups.items()]
     for key, row in zip(groups, rows):
-        if len({r.name for r in row.runs}) == 1 and names[key] != key[0]:
+        if not datasets_as_columns and len({r.name for r in row.runs}) == 1 and names[key] != key[0]:
             notes.append(f"row '{key[0]}' has runs under several protocols: shown as separate rows ('{names[key]}')")
     bases = _baselines(rows, baseline)
     for base in bases:
