@@ -16,9 +16,13 @@ def test_stem_widths_double_up_to_the_embedding_width(embed_dim, stages, widths)
     assert stem_widths(embed_dim, stages) == widths
 
 
-def naive_stem(stem: ConvStem, images: torch.Tensor) -> torch.Tensor:
-    """The stem written out: per stage a stride-2 conv3x3, batch norm (running statistics), ReLU; then a conv1x1."""
-    x = images
+def naive_stem(stem: ConvStem, images: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """The stem written out: space-to-depth of ``block`` x ``block`` pixels (channel c, row i, column j of a block
+    -> channel (c * block + i) * block + j); per stage a stride-2 conv3x3, batch norm (running statistics), ReLU;
+    then a conv1x1."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // block, block, w // block, block).permute(0, 1, 3, 5, 2, 4)
+    x = x.reshape(b, c * block * block, h // block, w // block)
     for stage in stem.stages:
         x = F.conv2d(x, stage.conv.weight, stride=2, padding=1)
         bn = stage.norm
@@ -28,8 +32,11 @@ def naive_stem(stem: ConvStem, images: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-@pytest.mark.parametrize(("batch", "height", "width", "patch"), [(1, 32, 32, 4), (3, 32, 48, 8), (2, 40, 24, 8)])
-def test_stem_tokens_match_a_naive_reference(batch, height, width, patch):
+@pytest.mark.parametrize(
+    ("batch", "height", "width", "patch", "block"),
+    [(1, 32, 32, 4, 1), (3, 32, 48, 8, 1), (2, 40, 24, 8, 1), (2, 64, 96, 32, 2), (1, 128, 64, 64, 4)],
+)
+def test_stem_tokens_match_a_naive_reference(batch, height, width, patch, block):
     torch.manual_seed(0)
     stem = ConvStem(img_size=(height, width), patch_size=patch, embed_dim=16, strict_img_size=False)
     for stage in stem.stages:  # non-trivial statistics so that the normalisation is exercised
@@ -41,7 +48,15 @@ def test_stem_tokens_match_a_naive_reference(batch, height, width, patch):
     images = torch.randn(batch, 3, height, width)
     tokens = stem(images)
     assert tokens.shape == (batch, (height // patch) * (width // patch), 16)
-    torch.testing.assert_close(tokens, naive_stem(stem, images), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens, naive_stem(stem, images, block), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("patch", "stages", "first_in"), [(4, 2, 3), (16, 4, 3), (32, 4, 12), (64, 4, 48)])
+def test_larger_patches_take_space_to_depth_before_the_papers_four_conv_stages(patch, stages, first_in):
+    stem = ConvStem(img_size=patch * 2, patch_size=patch, embed_dim=192)
+    assert len(stem.stages) == stages and stem.stages[0].conv.in_channels == first_in
+    assert [stage.conv.out_channels for stage in stem.stages] == stem_widths(192, stages)
+    assert isinstance(stem.space_to_depth, torch.nn.Identity) == (patch <= 16)
 
 
 @pytest.mark.parametrize(("img_size", "patch_size", "grid"), [(32, 4, 8), (64, 8, 8), (112, 16, 7), (224, 32, 7)])

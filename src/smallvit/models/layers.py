@@ -148,6 +148,9 @@ class ConvTokenizer(StridedEmbed):
                 nn.init.kaiming_normal_(module.weight)
 
 
+STEM_CONV_STAGES = 4  # ViT_C's stride-2 conv stages for patch 16; larger patches add space-to-depth (ConvStem)
+
+
 class ConvStem(StridedEmbed):
     """The convolutional stem of ViT_C (Xiao et al. 2021, "Early Convolutions Help Transformers See Better",
     NeurIPS), as a timm ``embed_layer``: ``log2(patch_size)`` stride-2 conv3x3 + BatchNorm + ReLU stages, then a
@@ -158,6 +161,12 @@ class ConvStem(StridedEmbed):
     Each stride-2 convolution halves the image, so the token grid is the one a ``patch_size`` patch projection
     gives; it takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``, and
     runs in ``channels_last`` memory on the CPU (:class:`StridedEmbed`).
+
+    The paper's stem has four conv stages, for patch 16. A larger patch (32 at 224 px) takes its extra halvings by
+    space-to-depth (``PixelUnshuffle``: each 2x2 block of pixels becomes 4x the channels, nothing learned or lost)
+    before the four stages, instead of more conv stages at full resolution, whose batch norm over a large, thin map
+    is memory-bound and would cost more than the rest of the stem (``benchmarks/bench_tokenizer.py``). Patches of
+    16 px or less are the paper's design, unchanged.
     As with the tokenizer, a token sees beyond its patch, so masked forwards (MAE) are refused.
 
     Example:
@@ -181,7 +190,10 @@ class ConvStem(StridedEmbed):
         dtype=None,
     ):
         super().__init__(img_size, patch_size, output_fmt, strict_img_size, dynamic_img_pad)
-        widths = [in_chans] + stem_widths(embed_dim, self.halvings)
+        conv_stages = min(self.halvings, STEM_CONV_STAGES)
+        block = 2 ** (self.halvings - conv_stages)
+        self.space_to_depth = nn.PixelUnshuffle(block) if block > 1 else nn.Identity()
+        widths = [in_chans * block * block] + stem_widths(embed_dim, conv_stages)
         factory = dict(device=device, dtype=dtype)
         self.stages = nn.Sequential(
             *[
@@ -205,7 +217,7 @@ class ConvStem(StridedEmbed):
             nn.init.kaiming_normal_(stage.conv.weight, mode="fan_out", nonlinearity="relu")
 
     def features(self, images: Tensor) -> Tensor:
-        return self.proj(self.stages(images))
+        return self.proj(self.stages(self.space_to_depth(images)))
 
 
 def stem_widths(embed_dim: int, stages: int) -> list[int]:
