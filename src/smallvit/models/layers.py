@@ -161,13 +161,13 @@ class ConvStem(StridedEmbed):
     Each stride-2 convolution halves the image, so the token grid is the one a ``patch_size`` patch projection
     gives; it takes and exposes what timm's ``VisionTransformer`` passes to and reads from an ``embed_layer``, and
     runs in ``channels_last`` memory on the CPU (:class:`StridedEmbed`).
+    As with the tokenizer, a token sees beyond its patch, so masked forwards (MAE) are refused.
 
     The paper's stem has four conv stages, for patch 16. A larger patch (32 at 224 px) takes its extra halvings by
     space-to-depth (``PixelUnshuffle``: each 2x2 block of pixels becomes 4x the channels, nothing learned or lost)
     before the four stages, instead of more conv stages at full resolution, whose batch norm over a large, thin map
     is memory-bound and would cost more than the rest of the stem (``benchmarks/bench_tokenizer.py``). Patches of
     16 px or less are the paper's design, unchanged.
-    As with the tokenizer, a token sees beyond its patch, so masked forwards (MAE) are refused.
 
     Example:
         >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=112, patch_size=16, embed_layer=ConvStem)
